@@ -1,0 +1,133 @@
+"""Checkpoints in safetensors + JSON only: nothing a user hands over is ever unpickled.
+
+A model checkpoint directory holds
+    config.json          the ModelConfig (rebuilds the model; base weights referenced by name/dir)
+    model.safetensors    the trained deltas only: adapter, CTC head, LoRA (and the encoder if unfrozen)
+A training checkpoint adds
+    train_state.safetensors + train_state.json   optimiser, scheduler, RNG and data position
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_TENSORS = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+
+
+def delta_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters a checkpoint stores: everything not part of a frozen base model."""
+    keep_encoder = not model.config.encoder.frozen
+    names = []
+    for name, _ in model.named_parameters():
+        if name.startswith(("adapter.", "ctc_head.")) or "lora_" in name:
+            names.append(name)
+        elif keep_encoder and name.startswith("encoder."):
+            names.append(name)
+    return names
+
+
+def delta_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().float().cpu().contiguous() for name in delta_parameter_names(model)}
+
+
+def save_model(model: nn.Module, directory: str | Path, train_state: dict[str, Any] | None = None) -> Path:
+    """Write config.json, the trained deltas and optionally a training state into `directory`.
+
+    The directory is written aside and swapped in, so a kill never leaves half a checkpoint.
+    """
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.config.save(tmp / CONFIG_FILE)
+    save_file(delta_state_dict(model), str(tmp / WEIGHTS_FILE))
+    if train_state is not None:
+        save_train_state(train_state, tmp)
+    _replace_dir(tmp, directory)
+    return directory
+
+
+def load_deltas(model: nn.Module, directory: str | Path) -> None:
+    """Load trained deltas into `model`; every stored tensor must match a parameter exactly."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory}: not a dllm-asr checkpoint (no {WEIGHTS_FILE})")
+    try:
+        stored = load_file(str(path))
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise ValueError(f"{path}: unreadable safetensors file ({err})") from None
+    params = dict(model.named_parameters())
+    unknown = sorted(set(stored) - set(params))
+    if unknown:
+        raise ValueError(f"{path}: tensors that this model does not have: {', '.join(unknown[:5])}")
+    missing = sorted(set(delta_parameter_names(model)) - set(stored))
+    if missing:
+        raise ValueError(f"{path}: missing trained tensors: {', '.join(missing[:5])}")
+    with torch.no_grad():
+        for name, tensor in stored.items():
+            if params[name].shape != tensor.shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, model expects {tuple(params[name].shape)}")
+            params[name].copy_(tensor.to(params[name].dtype))
+
+
+def save_train_state(state: dict[str, Any], directory: str | Path) -> None:
+    """Save a nested dict of tensors/numbers/strings as safetensors + a JSON skeleton."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    directory = Path(directory)
+    save_file(tensors, str(directory / STATE_TENSORS))
+    (directory / STATE_JSON).write_text(json.dumps(skeleton))
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    tensors = load_file(str(directory / STATE_TENSORS))
+    skeleton = json.loads((directory / STATE_JSON).read_text())
+    return _unflatten(skeleton, tensors)
+
+
+def _flatten(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        return {"__dict__": [[_flatten(k, f"{key}.k{i}", tensors), _flatten(v, f"{key}.{i}", tensors)]
+                             for i, (k, v) in enumerate(value.items())]}
+    if isinstance(value, (list, tuple)):
+        items = [_flatten(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    return value
+
+
+def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_unflatten(v, tensors) for v in value["__tuple__"])
+        return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in value["__dict__"]}
+    if isinstance(value, list):
+        return [_unflatten(v, tensors) for v in value]
+    return value
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Swap `src` into place at `dst` so a kill never leaves a half-written checkpoint."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

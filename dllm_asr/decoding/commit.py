@@ -1,0 +1,55 @@
+"""Which masked positions commit at a step, and the per-row EOS early stop.
+
+PAPERS.md 3a (top-k by confidence), 3d (confidence threshold), 3c (EOS early stop).
+All functions take `scores` (B, L) float with -inf at positions that may not commit.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rank_descending(scores: Tensor) -> Tensor:
+    """Rank of every position by score within its row, 0 = best; ties go to the lower index."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    return ranks.scatter_(1, order, positions)
+
+
+def commit_most_confident(scores: Tensor, k: Tensor) -> Tensor:
+    """BoolTensor (B, L): the k[i] best-scored candidates of each row (PAPERS.md 3a).
+
+    k: LongTensor (B,). Never selects a -inf (non-candidate) position, so k larger than a row's
+    candidate count commits all of them.
+    """
+    candidates = scores > float("-inf")
+    return candidates & (rank_descending(scores) < k.to(scores.device)[:, None])
+
+
+def commit_above_threshold(scores: Tensor, threshold: float) -> Tensor:
+    """BoolTensor (B, L): Fast-dLLM parallel commit (PAPERS.md 3d).
+
+    Every candidate with score >= threshold, and always each row's single best candidate, so a
+    step commits at least one token in every row that has a candidate.
+    """
+    candidates = scores > float("-inf")
+    chosen = candidates & (scores >= threshold)
+    best = torch.zeros_like(chosen)
+    best.scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+    return chosen | (best & candidates)
+
+
+def apply_eos_stop(tokens: Tensor, lengths: Tensor, eos_id: int) -> Tensor:
+    """Per-row EOS early stop (PAPERS.md 3c): positions after a row's first EOS become EOS.
+
+    tokens: (B, L); lengths: (B,) with positions >= lengths[i] left alone (padding). Masks before
+    the first EOS stay masked and are still decoded. Returns a new tensor.
+    """
+    width = tokens.shape[1]
+    positions = torch.arange(width, device=tokens.device).expand_as(tokens)
+    inside = positions < lengths.to(tokens.device)[:, None]
+    is_eos = (tokens == eos_id) & inside
+    first_eos = torch.where(is_eos, positions, torch.full_like(positions, width)).min(dim=1).values
+    after_eos = inside & (positions > first_eos[:, None])
+    return tokens.masked_fill(after_eos, eos_id)

@@ -1,0 +1,55 @@
+"""Token choice and confidence per position (PAPERS.md 3a: argmax, Gumbel sampling, remasking scores)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch.Generator for Gumbel noise and random scores; seeded when `seed` is given."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def gumbel_perturbed(logits: Tensor, temperature: float, generator: torch.Generator) -> Tensor:
+    """logits (..., V) -> float64 scores whose argmax samples softmax(logits / temperature).
+
+    PAPERS.md 3a: the LLaDA reference divides exp(logits) by (-log u)^T in float64. We take the
+    log of that, logits - T * log(-log u), which has the same argmax and cannot overflow.
+    """
+    scores = logits.to(torch.float64, copy=True)  # the caller's logits stay untouched
+    if temperature == 0:
+        return scores
+    uniform = torch.rand(scores.shape, dtype=torch.float64, generator=generator, device=scores.device)
+    return scores - temperature * torch.log(-torch.log(uniform))
+
+
+def confidence_and_argmax(
+    logits: Tensor,
+    temperature: float,
+    remasking: str,
+    generator: torch.Generator,
+    mask_id: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Predicted token and its commit score at every position.
+
+    logits: (B, L, V). Returns (tokens LongTensor (B, L), scores float64 (B, L)).
+    PAPERS.md 3a: the token is the argmax of the (Gumbel-noised when temperature > 0) logits;
+    "low_confidence" scores it by its probability under the un-noised softmax, "random" by a
+    uniform draw. The mask token is never a prediction (its logit is excluded from the argmax
+    only, so confidences equal the reference whenever the reference would not predict [MASK]).
+    """
+    noisy = gumbel_perturbed(logits, temperature, generator)
+    if mask_id is not None and 0 <= mask_id < logits.shape[-1]:
+        noisy[..., mask_id] = float("-inf")
+    tokens = noisy.argmax(dim=-1)
+    if remasking == "random":
+        scores = torch.rand(tokens.shape, generator=generator, device=logits.device).to(torch.float64)
+    else:
+        probs = torch.softmax(logits.to(torch.float64), dim=-1)
+        scores = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return tokens, scores

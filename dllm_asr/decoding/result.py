@@ -1,0 +1,104 @@
+"""The outcome of a decode, and the per-row accounting (NFE, steps, commits, trace)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class DecodeResult:
+    """Final tokens plus the cost of getting them, per row.
+
+    tokens: LongTensor (B, L), the final block; positions past a row's response are EOS.
+    lengths: LongTensor (B,), response length of each row: positions before its first EOS.
+    block_lengths: LongTensor (B,), each row's block length at the end (shrinks under pruning).
+    nfe: LongTensor (B,), forward passes (predictor calls) that included the row.
+    steps: LongTensor (B,), decoding steps the row took (one forward pass each).
+    committed: per row, the number of positions that left the mask / the loop at each step.
+    wall_time: seconds spent in the decode call.
+    trace: if requested, the block (B, L) after every step (a clone, on the CPU).
+    """
+
+    tokens: Tensor
+    lengths: Tensor
+    block_lengths: Tensor
+    nfe: Tensor
+    steps: Tensor
+    committed: list[list[int]]
+    wall_time: float
+    trace: list[Tensor] | None = None
+
+    def sequences(self) -> list[list[int]]:
+        """Each row's response token ids, up to and excluding its first EOS."""
+        return [self.tokens[i, : int(n)].tolist() for i, n in enumerate(self.lengths)]
+
+
+def response_lengths(tokens: Tensor, block_lengths: Tensor, eos_id: int) -> Tensor:
+    """Per-row index of the first EOS within the row's block, else the block length. Shape (B,)."""
+    width = tokens.shape[1]
+    positions = torch.arange(width, device=tokens.device).expand_as(tokens)
+    inside = positions < block_lengths.to(tokens.device)[:, None]
+    is_eos = (tokens == eos_id) & inside
+    first_eos = torch.where(is_eos, positions, torch.full_like(positions, width)).min(dim=1).values
+    return torch.minimum(first_eos, block_lengths.to(tokens.device)).cpu()
+
+
+@dataclass
+class StepLog:
+    """Accumulates per-row accounting while a decode loop runs (PAPERS.md 3: cost per strategy)."""
+
+    batch_size: int
+    keep_trace: bool = False
+    nfe: list[int] = field(init=False)
+    committed: list[list[int]] = field(init=False)
+    trace: list[Tensor] | None = field(init=False)
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nfe = [0] * self.batch_size
+        self.committed = [[] for _ in range(self.batch_size)]
+        self.trace = [] if self.keep_trace else None
+        self.started = time.perf_counter()
+
+    def record_step(self, rows: list[int], committed: list[int], block: Tensor) -> None:
+        """One forward pass over `rows`, which committed `committed[j]` positions in row rows[j]."""
+        for row, count in zip(rows, committed):
+            self.nfe[row] += 1
+            self.committed[row].append(int(count))
+        if self.trace is not None:
+            self.trace.append(block.detach().clone().cpu())
+
+    def finish(self, tokens: Tensor, block_lengths: Tensor, eos_id: int) -> DecodeResult:
+        """Freeze the log into a `DecodeResult` for the final block `tokens` (B, L)."""
+        steps = torch.tensor([len(c) for c in self.committed], dtype=torch.long)
+        return DecodeResult(
+            tokens=tokens,
+            lengths=response_lengths(tokens, block_lengths, eos_id),
+            block_lengths=block_lengths.detach().clone().cpu().long(),
+            nfe=torch.tensor(self.nfe, dtype=torch.long),
+            steps=steps,
+            committed=self.committed,
+            wall_time=time.perf_counter() - self.started,
+            trace=self.trace,
+        )
+
+
+def concat_results(parts: list[DecodeResult], eos_id: int) -> DecodeResult:
+    """Chain results of decodes run one after another on the same batch (the last holds the tokens)."""
+    last = parts[-1]
+    trace = None
+    if all(p.trace is not None for p in parts):
+        trace = [t for p in parts for t in p.trace]  # type: ignore[union-attr]
+    return DecodeResult(
+        tokens=last.tokens,
+        lengths=response_lengths(last.tokens, last.block_lengths, eos_id),
+        block_lengths=last.block_lengths,
+        nfe=sum((p.nfe for p in parts), torch.zeros_like(last.nfe)),
+        steps=sum((p.steps for p in parts), torch.zeros_like(last.steps)),
+        committed=[[c for p in parts for c in p.committed[i]] for i in range(len(last.committed))],
+        wall_time=sum(p.wall_time for p in parts),
+        trace=trace,
+    )

@@ -1,0 +1,127 @@
+"""Evaluation: decode a data set, score it (WER with a named normaliser) and time it (RTF).
+
+`dllm-asr eval` writes into its output folder
+    hyps.jsonl        {"id", "hyp", "ref", "nfe", "steps"} per utterance
+    errors.jsonl      per-utterance alignment and error counts
+    report.md         corpus WER (normaliser named), S/D/I, most frequent errors, RTF and RTFx
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .data import AudioDataset, Utterance, load_dataset
+from .metrics import ScoreReport, Timer, rtf, score
+from .model import SpeechLLM
+from .transcribe import TranscribeOptions, Transcript, deliberate_batch, transcribe_batch
+
+
+@dataclass
+class EvalReport:
+    """Scores and costs of one strategy on one data set."""
+
+    options: dict
+    scores: ScoreReport
+    hyps: dict[str, str]
+    transcripts: dict[str, Transcript]
+    audio_seconds: float
+    decode_seconds: float
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def wer(self) -> float:
+        return self.scores.wer
+
+    @property
+    def rtf(self) -> float:
+        return rtf(self.decode_seconds, self.audio_seconds)[0]
+
+    @property
+    def mean_nfe(self) -> float:
+        return float(np.mean([t.nfe for t in self.transcripts.values()])) if self.transcripts else 0.0
+
+    def summary(self) -> str:
+        factor, speed = rtf(self.decode_seconds, self.audio_seconds)
+        return (f"WER {100 * self.wer:.2f}% ({self.scores.normalizer} normaliser, "
+                f"{self.scores.ref_words} words, {len(self.hyps)} utterances) | RTF {factor:.4f} "
+                f"(RTFx {speed:.1f}) | mean NFE {self.mean_nfe:.1f}")
+
+    def write(self, out_dir: str | Path, refs: dict[str, str]) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "hyps.jsonl", "w") as handle:
+            for utt_id, hyp in self.hyps.items():
+                t = self.transcripts[utt_id]
+                handle.write(json.dumps({"id": utt_id, "hyp": hyp, "ref": refs.get(utt_id, ""),
+                                         "nfe": t.nfe, "steps": t.steps}) + "\n")
+        self.scores.write_jsonl(out / "errors.jsonl")
+        options = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        skipped = f"\nSkipped (unreadable): {', '.join(self.skipped)}\n" if self.skipped else ""
+        (out / "report.md").write_text(f"# Evaluation\n\nOptions: {options}\n\n{self.summary()}\n{skipped}\n"
+                                       f"{self.scores.to_markdown()}\n")
+
+
+def _batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]]:
+    """Indices grouped by similar duration (less padding), in a stable order."""
+    order = sorted(range(len(utterances)), key=lambda i: (utterances[i].duration or 0.0, i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], options: TranscribeOptions,
+                        batch_size: int = 8, deliberation: dict | None = None,
+                        normalizer: str = "whisper_english", warmup: bool = True) -> EvalReport:
+    """Decode and score `utterances`. `deliberation` ({mask, ratio, chunks, use_audio}) deliberates
+    each utterance's `prior` instead of decoding from scratch. The first batch is decoded once
+    untimed when `warmup` (allocations, kernel selection), then everything is timed."""
+    dataset = AudioDataset(utterances, on_error="skip")
+    hyps, transcripts, skipped = {}, {}, []
+    audio_seconds, timer = 0.0, Timer()
+    for batch_number, indices in enumerate(_batches(utterances, batch_size)):
+        items = [dataset[i] for i in indices]
+        skipped += [utterances[i].id for i, item in zip(indices, items) if item is None]
+        items = [item for item in items if item is not None]
+        if not items:
+            continue
+        audios = [item["audio"] for item in items]
+        run = _runner(model, audios, [item["prior"] for item in items], options, deliberation)
+        if warmup and batch_number == 0:
+            run()
+        with timer:
+            results = run()
+        audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
+        for item, result in zip(items, results):
+            hyps[item["id"]], transcripts[item["id"]] = result.text, result
+    refs = {u.id: u.text for u in utterances if u.id not in skipped}
+    return EvalReport(options=_describe(options, deliberation), scores=score(refs, hyps, normalizer), hyps=hyps,
+                      transcripts=transcripts, audio_seconds=max(audio_seconds, 1e-9),
+                      decode_seconds=timer.seconds, skipped=skipped)
+
+
+def _runner(model, audios, priors, options, deliberation):
+    if deliberation is None:
+        return lambda: transcribe_batch(model, audios, options)
+    if any(p is None for p in priors):
+        raise ValueError("deliberation needs a prior transcript for every utterance (manifest field 'prior' or --prior)")
+    return lambda: deliberate_batch(model, audios, priors, options=options, **deliberation)
+
+
+def _describe(options: TranscribeOptions, deliberation: dict | None) -> dict:
+    described = {k: v for k, v in vars(options).items() if k != "trace"}
+    if deliberation:
+        described.update({f"deliberation_{k}": v for k, v in deliberation.items()})
+    return described
+
+
+def evaluate_model(model: SpeechLLM, data: str | Path, options: TranscribeOptions,
+                   max_utterances: int | None = None, batch_size: int = 8, **kwargs) -> EvalReport:
+    """Evaluate on a data set path (JSONL manifest, LibriSpeech folder or Kaldi dir)."""
+    utterances = load_dataset(data, on_error="skip")
+    if max_utterances:
+        utterances = utterances[:max_utterances]
+    return evaluate_utterances(model, utterances, options, batch_size=batch_size, **kwargs)

@@ -1,0 +1,74 @@
+"""Building a SpeechLLM from a ModelConfig, and `load_model` for trained checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .adapters import build_adapter
+from .checkpoint import CONFIG_FILE, load_deltas
+from .config import ModelConfig
+from .decoders import load_decoder
+from .decoders.base import resolve_dtype
+from .encoders import CTCHead, CTC_VOCAB_SIZE, load_whisper_encoder
+from .lora import apply_lora
+from .model import SpeechLLM
+
+MODELS_DIR = Path(__file__).parent / "assets" / "models"
+DEFAULT_MODEL = "dllm-asr-base-en"
+
+
+def decoder_num_layers(decoder: torch.nn.Module) -> int:
+    """Transformer layers of a decoder (one LoRA target match expected per layer)."""
+    return int(decoder.num_layers)
+
+
+def build_model(config: ModelConfig, device: str | torch.device = "cpu",
+                dtype: torch.dtype | str = torch.float32) -> SpeechLLM:
+    """A SpeechLLM with pretrained (or random, for tests) base weights and fresh trainable parts.
+
+    The encoder and decoder are loaded in `dtype` (bf16 saves memory for LLaDA-8B); the
+    adapter, CTC head and LoRA weights are kept in float32 (they are the trained parameters).
+    """
+    dtype = resolve_dtype(dtype)
+    encoder = load_whisper_encoder(config.encoder.source if config.encoder.source != "random"
+                                   else config.encoder.random_config, dtype=dtype)
+    decoder = load_decoder(config.decoder.kind, config.decoder.source, dtype=dtype)
+    for part in (encoder, decoder):
+        part.requires_grad_(False)
+    adapter = build_adapter(config.adapter, encoder.d_model, decoder.hidden_size)
+    ctc_head = CTCHead(encoder.d_model, CTC_VOCAB_SIZE) if config.encoder.ctc_head else None
+    if config.lora.enabled:
+        apply_lora(decoder, config.lora, decoder_num_layers(decoder))
+    model = SpeechLLM(config, encoder, adapter, decoder, ctc_head)
+    return model.to(device)
+
+
+def resolve_model_dir(path_or_name: str | Path) -> Path:
+    """A checkpoint directory from a path or a shipped model name; the error lists the names."""
+    path = Path(path_or_name)
+    if path.is_dir():
+        return path
+    shipped = MODELS_DIR / str(path_or_name)
+    if shipped.is_dir():
+        return shipped
+    names = sorted(p.name for p in MODELS_DIR.glob("*") if p.is_dir()) if MODELS_DIR.is_dir() else []
+    raise ValueError(f"{path_or_name}: no such checkpoint directory or shipped model "
+                     f"(shipped: {', '.join(names) or 'none yet'})")
+
+
+def load_model(path_or_name: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu",
+               dtype: torch.dtype | str = torch.float32) -> SpeechLLM:
+    """Load a trained SpeechLLM: its config rebuilds the model, its deltas are loaded on top.
+
+    `path_or_name` is a checkpoint directory (config.json + model.safetensors) or the name of a
+    model shipped with the package. Returns the model in eval mode.
+    """
+    directory = resolve_model_dir(path_or_name)
+    if not (directory / CONFIG_FILE).is_file():
+        raise ValueError(f"{directory}: not a dllm-asr checkpoint (no {CONFIG_FILE})")
+    config = ModelConfig.load(directory / CONFIG_FILE)
+    model = build_model(config, device=device, dtype=dtype)
+    load_deltas(model, directory)
+    return model.eval()

@@ -1,0 +1,187 @@
+"""SpeechLLM: Whisper encoder + adapter + (masked-diffusion or causal) LLM decoder.
+
+The decoder sees, per row, `[prompt | audio_i | response]` packed contiguously and left-padded
+(docs/architecture.md), so the response block is always the last L positions and a row's
+logits do not depend on the other rows of its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .audio import log_mel_batch
+from .config import ModelConfig
+
+
+@dataclass
+class AudioContext:
+    """Encoded audio of a batch, ready to condition the decoder.
+
+    embeds: (B, N, D) adapter outputs; lengths: (B,) valid embeddings per row;
+    ctc_log_probs: (B, T, C) or None; encoder_lengths: (B,) valid encoder frames per row.
+    """
+
+    embeds: Tensor
+    lengths: Tensor
+    ctc_log_probs: Tensor | None = None
+    encoder_lengths: Tensor | None = None
+
+    def select(self, rows: Tensor) -> "AudioContext":
+        """The sub-batch of `rows` (B',), trimmed to its own longest row."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max()) if len(rows) else 0
+        ctc = None if self.ctc_log_probs is None else self.ctc_log_probs[rows]
+        enc = None if self.encoder_lengths is None else self.encoder_lengths[rows]
+        return AudioContext(self.embeds[rows, :width], lengths, ctc, enc)
+
+
+class SpeechLLM(nn.Module):
+    """The full model of both papers. Build it with `dllm_asr.build_model` or `load_model`."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module, adapter: nn.Module,
+                 decoder: nn.Module, ctc_head: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.adapter = adapter
+        self.decoder = decoder
+        self.ctc_head = ctc_head
+        self.register_buffer("prompt_ids", prompt_token_ids(decoder.tokenizer, config.prompt), persistent=False)
+
+    @property
+    def tokenizer(self):
+        return self.decoder.tokenizer
+
+    @property
+    def mask_id(self) -> int:
+        return self.decoder.mask_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.decoder.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_ids.device
+
+    def features(self, audios: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """16 kHz waveforms -> log-mel features (B, n_mels, T) and frame counts (B,) on the model's device."""
+        feats, lengths = log_mel_batch(list(audios), n_mels=self.encoder.n_mels,
+                                       pad_to_30s=self.config.encoder.pad_to_30s)
+        return feats.to(self.device), lengths.to(self.device)
+
+    def encode(self, features: Tensor, feature_lengths: Tensor) -> AudioContext:
+        """features (B, n_mels, T), feature_lengths (B,) -> AudioContext."""
+        hidden, hidden_lengths = self.encoder(features.to(self._encoder_dtype()), feature_lengths)
+        ctc = self.ctc_head(hidden.float()) if self.ctc_head is not None else None
+        adapter_dtype = next(self.adapter.parameters()).dtype
+        embeds, lengths = self.adapter(hidden.to(adapter_dtype), hidden_lengths)
+        return AudioContext(embeds, lengths, ctc, hidden_lengths)
+
+    def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
+        """Waveforms (16 kHz float32) -> AudioContext."""
+        return self.encode(*self.features(audios))
+
+    def pack(self, audio: AudioContext, response: Tensor, response_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Build left-padded decoder inputs `[prompt | audio_i | response_i]`.
+
+        response (B, L, D) embeddings; response_lengths (B,) valid response positions.
+        Returns inputs_embeds (B, S, D), attention_mask (B, S) bool, position_ids (B, S).
+        """
+        batch, length, dim = response.shape
+        prompt = self.decoder.embed(self.prompt_ids[None])[0].to(response.dtype)
+        width = len(prompt) + int(audio.lengths.max()) + length
+        embeds = response.new_zeros(batch, width, dim)
+        mask = torch.zeros(batch, width, dtype=torch.bool, device=response.device)
+        for row in range(batch):
+            n_audio = int(audio.lengths[row])
+            start = width - length - n_audio - len(prompt)
+            embeds[row, start:start + len(prompt)] = prompt
+            embeds[row, start + len(prompt):width - length] = audio.embeds[row, :n_audio].to(response.dtype)
+            mask[row, start:width - length] = True
+        embeds[:, width - length:] = response
+        mask[:, width - length:] = torch.arange(length, device=response.device)[None] < response_lengths[:, None]
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        return embeds, mask, positions
+
+    def response_logits(self, audio: AudioContext, tokens: Tensor, lengths: Tensor | None = None,
+                        causal: bool = False) -> Tensor:
+        """Logits over the response block.
+
+        tokens (B, L) response ids (mask id at undecided positions); lengths (B,) valid positions
+        (default: all L). causal=False: bidirectional, logits[:, i] predict tokens[:, i].
+        causal=True (AR baseline, teacher forcing): logits[:, i] predict tokens[:, i] from
+        everything before it. Returns (B, L, V).
+        """
+        batch, length = tokens.shape
+        if lengths is None:
+            lengths = torch.full((batch,), length, device=tokens.device)
+        response = self.decoder.embed(tokens)
+        embeds, mask, positions = self.pack(audio, response, lengths)
+        logits = self.decoder(embeds, mask, positions, causal=causal)
+        if causal:
+            return logits[:, -length - 1:-1]
+        return logits[:, -length:]
+
+    def forward(self, features: Tensor, feature_lengths: Tensor, tokens: Tensor,
+                lengths: Tensor | None = None, causal: bool = False) -> Tensor:
+        """Audio features (B, n_mels, T) + response tokens (B, L) -> response logits (B, L, V)."""
+        return self.response_logits(self.encode(features, feature_lengths), tokens, lengths, causal)
+
+    def mask_predictor(self, audio: AudioContext) -> Callable[..., Tensor]:
+        """A mask predictor for `dllm_asr.decoding.decode` with this batch's audio bound inside."""
+
+        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
+            return self.response_logits(audio.select(rows.to(audio.lengths.device)), tokens, lengths)
+
+        return predict
+
+    def prefix(self, audio: AudioContext) -> tuple[Tensor, Tensor]:
+        """Left-padded `[prompt | audio]` embeddings (B, S, D) and mask (B, S) for AR generation."""
+        batch = audio.embeds.shape[0]
+        empty = audio.embeds.new_zeros(batch, 0, audio.embeds.shape[-1])
+        embeds, mask, _ = self.pack(audio, empty, torch.zeros(batch, dtype=torch.long, device=empty.device))
+        return embeds, mask
+
+    def _encoder_dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> Tensor:
+    """Chat-template prompt through the assistant header (the reference's input order), (P,) long.
+
+    Tokenizers without a chat template get the plain prompt text followed by a newline.
+    """
+    messages = [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
+    return torch.tensor(list(ids), dtype=torch.long)
+
+
+def encode_transcripts(tokenizer, texts: Sequence[str], eos_id: int, length: int | None = None,
+                       multiple: int = 8) -> tuple[Tensor, Tensor]:
+    """Transcripts -> response ids padded with EOS, as LLaDA's SFT does.
+
+    Every row gets at least one EOS. Without `length`, rows are padded to the longest
+    transcript + 1, rounded up to `multiple` (so the EOS padding the model learns varies).
+    Returns ids (B, L) and text_lengths (B,) (tokens before the first EOS).
+    """
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    longest = max((len(ids) for ids in encoded), default=0) + 1
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    ids = torch.full((len(encoded), length), eos_id, dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        tokens = tokens[: length - 1]
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    text_lengths = torch.tensor([min(len(t), length - 1) for t in encoded], dtype=torch.long)
+    return ids, text_lengths

@@ -1,0 +1,131 @@
+"""Training recipes: a YAML file mapped onto `TrainConfig`, with `key.sub=value` overrides.
+
+    model:    ModelConfig fields (encoder, adapter, decoder, lora, prompt, objective, ...)
+    data:     DataSettings fields
+    stages:   list of {name, steps, train: [adapter, ctc_head, lora, encoder]}
+    schedule: LRSchedule fields
+    eval:     TranscribeOptions fields for the dev WER
+    (any other top-level key: a TrainConfig field)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import ModelConfig, _build
+from .schedule import LRSchedule, Stage
+
+
+@dataclass
+class DataSettings:
+    train: str = ""
+    """Training data: JSONL manifest, LibriSpeech folder or Kaldi data dir."""
+    dev: str | None = None
+    """Dev data for WER during training (best checkpoint by dev WER)."""
+    dev_max_utterances: int | None = 200
+    max_batch_size: int = 8
+    max_batch_seconds: float = 120.0
+    """Padded seconds of audio per micro-batch."""
+    augment: dict[str, Any] = field(default_factory=dict)
+    """AugmentConfig fields (speed_factors, noise_prob, reverb_prob, ...); empty = no augmentation."""
+    on_error: str = "skip"
+    """A bad clip or transcript: "skip" it with a warning, or "stop"."""
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataSettings = field(default_factory=DataSettings)
+    stages: list[Stage] = field(default_factory=lambda: [Stage()])
+    schedule: LRSchedule = field(default_factory=LRSchedule)
+    eval: dict[str, Any] = field(default_factory=lambda: {"strategy": "diffusion", "steps": 8})
+    output_dir: str = "runs/experiment"
+    init_from: str | None = None
+    """A checkpoint whose trained deltas initialise this run (e.g. stage 2 from stage 1)."""
+    weight_decay: float = 0.05
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    """"fp32", "bf16" (autocast; frozen base weights stored in bf16) or "fp16"."""
+    loss_weighting: str = "llada"
+    """"llada" (1/p_mask, per answer length) or "none" (Whisper-LLaDA code: plain mean)."""
+    mask_eps: float = 1e-3
+    full_mask_fraction: float = 0.2
+    ctc_weight: float = 0.3
+    log_every: int = 10
+    save_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    stop_after_steps: int | None = None
+    """Stop early at this global step (checkpoints as usual); for tests and time-boxed runs."""
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    @property
+    def base_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    def eval_options(self):
+        from .transcribe import TranscribeOptions
+
+        return TranscribeOptions(**self.eval)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """"a.b=3" -> (["a", "b"], 3); the value is parsed as YAML (numbers, lists, booleans)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key.subkey=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {text!r}: {key} is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    data = dict(data)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown recipe key(s): {', '.join(unknown)}")
+    model = ModelConfig.from_dict(data.pop("model", {}))
+    data_settings = _build(DataSettings, data.pop("data", {}) or {})
+    stages = [_build(Stage, s) for s in data.pop("stages", [{}])]
+    schedule = _build(LRSchedule, data.pop("schedule", {}) or {})
+    return TrainConfig(model=model, data=data_settings, stages=stages, schedule=schedule, **data)
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a recipe YAML, apply overrides, and validate it; errors name the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read recipe ({err})") from None
+    try:
+        return train_config_from_dict(apply_overrides(data, overrides or []))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None

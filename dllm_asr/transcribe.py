@@ -1,0 +1,215 @@
+"""Inference: audio -> text with any decoding strategy of the two papers.
+
+`transcribe_batch` binds a batch's audio into a mask predictor and hands it to
+`dllm_asr.decoding.decode`; `deliberate_batch` re-masks a prior transcript and lets the model
+fill it in; `transcribe_files` adds file loading that skips (and reports) unreadable clips.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .audio import AudioError, SAMPLE_RATE, load_audio
+from .decoders import ar_generate
+from .decoding import DecodeOptions, decode, deliberate_semi_ar, mask_low_confidence, mask_random, pack_priors
+from .encoders import ctc_greedy_decode
+from .model import AudioContext, SpeechLLM
+
+STRATEGIES = ("diffusion", "semi-ar", "threshold", "prior", "ar")
+MASKINGS = ("random", "low-confidence", "semi-ar")
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """How to turn audio into text. Every field maps to a command-line flag of `dllm-asr transcribe`."""
+
+    strategy: str = "diffusion"
+    """diffusion | semi-ar | threshold | prior (prior-guided, dLLM-ASR) | ar (autoregressive model)."""
+    steps: int = 32
+    """Denoising steps (diffusion, semi-ar); the pass limit for prior-guided decoding."""
+    num_blocks: int = 4
+    """Semi-AR sub-blocks (semi-ar strategy)."""
+    threshold: float = 0.9
+    """Confidence threshold tau (threshold strategy)."""
+    length: int | None = None
+    """Response block length L; None anchors it on each clip's duration (see `block_lengths`)."""
+    tokens_per_second: float = 6.0
+    """Upper bound of transcript tokens per second of speech, for the duration-anchored length."""
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    seed: int | None = 0
+    margin: int = 4
+    """Prior-guided: masked positions appended after the prior so the model can extend it."""
+    exit_threshold: float = 0.9
+    """Prior-guided: confidence at which a token leaves the denoising loop."""
+    prune: bool = True
+    """Prior-guided: drop positions after a confidently predicted EOS."""
+    num_beams: int = 1
+    """AR strategy: beam width (1 = greedy)."""
+    trace: bool = False
+    """Keep the block after every step (for visualisation)."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.length is not None and self.length < 1:
+            raise ValueError(f"--length must be >= 1, got {self.length}")
+
+
+@dataclass
+class Transcript:
+    """One utterance's result: text, token ids and the decoding cost."""
+
+    text: str
+    tokens: list[int]
+    nfe: int
+    steps: int
+    trace: list[list[int]] | None = field(default=None, repr=False)
+
+
+def block_lengths(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions) -> Tensor:
+    """Response block length per clip: `options.length`, or ceil(seconds * tokens_per_second) + 8,
+    capped at the model's `max_response_tokens` (short clips need far fewer than 128 positions)."""
+    cap = model.config.max_response_tokens
+    if options.length is not None:
+        return torch.full((len(audios),), options.length, dtype=torch.long)
+    sizes = [min(cap, math.ceil(len(a) / SAMPLE_RATE * options.tokens_per_second) + 8) for a in audios]
+    return torch.tensor(sizes, dtype=torch.long)
+
+
+def decode_options(model: SpeechLLM, options: TranscribeOptions, **changes) -> DecodeOptions:
+    """The DecodeOptions of a strategy (diffusion, semi-ar, threshold or prior)."""
+    base = dict(mask_id=model.mask_id, eos_id=model.eos_id, steps=options.steps, temperature=options.temperature,
+                remasking=options.remasking, seed=options.seed, trace=options.trace)
+    if options.strategy == "semi-ar":
+        base["num_blocks"] = min(options.num_blocks, options.steps)
+    elif options.strategy == "threshold":
+        base["threshold"] = options.threshold
+    elif options.strategy == "prior":
+        base.update(prior_guided=True, margin=options.margin, exit_threshold=options.exit_threshold,
+                    prune=options.prune)
+    base.update(changes)
+    return DecodeOptions(**base)
+
+
+def _texts(model: SpeechLLM, result, traces: bool) -> list[Transcript]:
+    out = []
+    for row, tokens in enumerate(result.sequences()):
+        text = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        trace = [step[row].tolist() for step in result.trace] if traces and result.trace else None
+        out.append(Transcript(text, tokens, int(result.nfe[row]), int(result.steps[row]), trace))
+    return out
+
+
+def tokenize_texts(model: SpeechLLM, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Texts -> token ids (B, L) padded with EOS, lengths (B,)."""
+    ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    tokens, lengths = pack_priors(ids, model.eos_id)
+    return tokens.to(model.device), lengths.to(model.device)
+
+
+def ctc_priors(model: SpeechLLM, audio: AudioContext) -> list[str]:
+    """The CTC head's greedy transcripts (the dLLM-ASR "ASR prior")."""
+    if audio.ctc_log_probs is None:
+        raise ValueError("prior-guided decoding with the CTC prior needs a model with a CTC head")
+    return ctc_greedy_decode(audio.ctc_log_probs, audio.encoder_lengths)
+
+
+@torch.no_grad()
+def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions = TranscribeOptions(),
+                     priors: Sequence[str] | None = None) -> list[Transcript]:
+    """Transcribe a batch of 16 kHz waveforms. `priors` (texts) replace the CTC prior for `prior`."""
+    model.eval()
+    audio = model.encode_audio(audios)
+    if options.strategy == "ar":
+        embeds, mask = model.prefix(audio)
+        max_new = int(block_lengths(model, audios, options).max())
+        rows = ar_generate(model.decoder, embeds, mask, max_new, options.num_beams, model.eos_id)
+        return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r))
+                for r in rows]
+    predictor = model.mask_predictor(audio)
+    if options.strategy == "prior":
+        prior, lengths = tokenize_texts(model, list(priors) if priors is not None else ctc_priors(model, audio))
+        result = decode(predictor, prior, decode_options(model, options), lengths)
+    else:
+        lengths = block_lengths(model, audios, options).to(model.device)
+        init = torch.full((len(audios), int(lengths.max())), model.mask_id, dtype=torch.long, device=model.device)
+        result = decode(predictor, init, decode_options(model, options), lengths)
+    return _texts(model, result, options.trace)
+
+
+def text_only(audio: AudioContext) -> AudioContext:
+    """The same batch with no audio embeddings: the text-only deliberation control."""
+    empty = audio.embeds[:, :0]
+    return AudioContext(empty, torch.zeros_like(audio.lengths), audio.ctc_log_probs, audio.encoder_lengths)
+
+
+@torch.no_grad()
+def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence[str], mask: str = "semi-ar",
+                     ratio: float = 0.3, chunks: int = 2, use_audio: bool = True,
+                     options: TranscribeOptions = TranscribeOptions()) -> list[Transcript]:
+    """Deliberation (Whisper-LLaDA sec. 3.3.1): re-mask a prior transcript and let the model fill it.
+
+    mask: "random" (ratio p at random positions), "low-confidence" (one scoring pass, the lowest
+    p(prior token) masked) or "semi-ar" (C chunks fully masked and re-decoded left to right).
+    use_audio=False conditions on the prompt alone (the paper's text-only control).
+    """
+    if mask not in MASKINGS:
+        raise ValueError(f"--mask must be one of {', '.join(MASKINGS)}, got {mask!r}")
+    model.eval()
+    audio = model.encode_audio(audios)
+    if not use_audio:
+        audio = text_only(audio)
+    predictor = model.mask_predictor(audio)
+    prior, lengths = tokenize_texts(model, priors)
+    options = replace(options, strategy="diffusion")
+    if mask == "semi-ar":
+        chunk_size = -(-int(lengths.max()) // chunks)
+        steps = max(1, min(options.steps, chunk_size))
+        result = deliberate_semi_ar(predictor, prior, lengths, chunks, decode_options(model, options, steps=steps))
+        return _texts(model, result, options.trace)
+    if mask == "random":
+        init = mask_random(prior, lengths, ratio, model.mask_id, seed=options.seed)
+    else:
+        neutral = model.eos_id
+        init, _ = mask_low_confidence(predictor, prior, lengths, ratio, model.mask_id, neutral)
+    masked = int((init == model.mask_id).sum(dim=1).max())
+    steps = max(1, min(options.steps, masked))
+    result = decode(predictor, init, decode_options(model, options, steps=steps), lengths)
+    return _texts(model, result, options.trace)
+
+
+@dataclass
+class FileResult:
+    path: str
+    transcript: Transcript | None
+    seconds: float
+    error: str | None = None
+
+
+def transcribe_files(model: SpeechLLM, paths: Sequence[str | Path], options: TranscribeOptions = TranscribeOptions(),
+                     batch_size: int = 8) -> list[FileResult]:
+    """Transcribe files in batches; an unreadable file gets an error entry and the rest go on."""
+    results: list[FileResult] = []
+    for start in range(0, len(paths), batch_size):
+        loaded, errors = [], {}
+        for path in paths[start:start + batch_size]:
+            try:
+                loaded.append((str(path), load_audio(path)))
+            except AudioError as err:
+                errors[str(path)] = str(err)
+        started = time.perf_counter()
+        transcripts = transcribe_batch(model, [a for _, a in loaded], options) if loaded else []
+        per_clip = (time.perf_counter() - started) / max(len(loaded), 1)
+        done = {p: FileResult(p, t, per_clip) for (p, _), t in zip(loaded, transcripts)}
+        for path in paths[start:start + batch_size]:
+            results.append(done.get(str(path)) or FileResult(str(path), None, 0.0, errors[str(path)]))
+    return results

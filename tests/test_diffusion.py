@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dllm_asr.diffusion import MaskedBatch, forward_mask, masked_diffusion_loss, next_token_loss
+
+MASK = 99
+
+
+def test_forward_mask_never_touches_invalid_positions_and_uses_mask_id():
+    gen = torch.Generator().manual_seed(0)
+    response = torch.arange(40).reshape(4, 10)
+    valid = torch.ones(4, 10, dtype=torch.bool)
+    valid[:, 7:] = False
+    batch = forward_mask(response, valid, MASK, generator=gen)
+    assert not batch.masked[:, 7:].any()
+    assert (batch.noisy[batch.masked] == MASK).all()
+    assert (batch.noisy[~batch.masked] == response[~batch.masked]).all()
+    assert ((batch.p_mask > 1e-3 - 1e-9) & (batch.p_mask <= 1.0)).all()
+
+
+def test_forward_mask_rate_follows_p_mask():
+    gen = torch.Generator().manual_seed(1)
+    response = torch.zeros(2000, 64, dtype=torch.long)
+    batch = forward_mask(response, torch.ones_like(response, dtype=torch.bool), MASK, generator=gen)
+    observed = batch.masked.float().mean(dim=1)
+    assert (observed - batch.p_mask).abs().mean() < 0.05
+    # t ~ U(0,1] -> mean masking rate ~ 0.5
+    assert abs(float(batch.masked.float().mean()) - 0.5) < 0.03
+
+
+def test_full_mask_fraction_masks_whole_rows():
+    gen = torch.Generator().manual_seed(2)
+    response = torch.zeros(1000, 8, dtype=torch.long)
+    batch = forward_mask(response, torch.ones_like(response, dtype=torch.bool), MASK,
+                         full_mask_fraction=0.2, generator=gen)
+    full_rows = batch.p_mask == 1.0
+    assert 0.15 < float(full_rows.float().mean()) < 0.25
+    assert batch.masked[full_rows].all()
+
+
+def hand_batch():
+    # Two rows of 3 positions, vocabulary 2. Row 0 masks position 0 (p=0.5); row 1 masks 1 and 2 (p=0.25).
+    logits = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]],
+                           [[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]]])
+    targets = torch.tensor([[0, 0, 1], [0, 1, 1]])
+    masked = torch.tensor([[True, False, False], [False, True, True]])
+    batch = MaskedBatch(noisy=torch.zeros(2, 3, dtype=torch.long), masked=masked,
+                        p_mask=torch.tensor([0.5, 0.25]))
+    return logits, targets, batch
+
+
+def test_llada_weighting_hand_worked():
+    logits, targets, batch = hand_batch()
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    ce_a = math.log(2.0)                                # uniform over 2
+    ce_b = -math.log(math.exp(0) / (math.exp(2) + 1))   # target 1 vs logit 2 for class 0
+    ce_c = -math.log(math.exp(1) / (math.exp(1) + 1))   # target 1 with logit 1
+    expected = (ce_a / 0.5 / 3 + ce_b / 0.25 / 2 + ce_c / 0.25 / 2) / 2
+    loss = masked_diffusion_loss(logits, targets, batch, valid, weighting="llada")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_unweighted_is_plain_mean_over_masked():
+    logits, targets, batch = hand_batch()
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    expected = F.cross_entropy(logits[batch.masked], targets[batch.masked]).item()
+    assert masked_diffusion_loss(logits, targets, batch, valid, weighting="none").item() == pytest.approx(expected)
+
+
+def test_nothing_masked_gives_zero_not_nan_and_keeps_graph():
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    batch = MaskedBatch(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.bool), torch.ones(2))
+    for weighting in ("llada", "none"):
+        loss = masked_diffusion_loss(logits, torch.zeros(2, 3, dtype=torch.long), batch,
+                                     torch.ones(2, 3, dtype=torch.bool), weighting)
+        assert loss.item() == 0.0
+        loss.backward()
+
+
+def test_bad_weighting_is_named():
+    logits, targets, batch = hand_batch()
+    with pytest.raises(ValueError, match="weighting"):
+        masked_diffusion_loss(logits, targets, batch, torch.ones(2, 3, dtype=torch.bool), "1/t")
+
+
+def test_next_token_loss_scores_only_valid():
+    logits = torch.tensor([[[3.0, 0.0], [0.0, 0.0]]])
+    targets = torch.tensor([[0, 1]])
+    valid = torch.tensor([[True, False]])
+    expected = -math.log(math.exp(3) / (math.exp(3) + 1))
+    assert next_token_loss(logits, targets, valid).item() == pytest.approx(expected)
