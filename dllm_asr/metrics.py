@@ -61,6 +61,16 @@ class UtteranceScore:
     alignment: list[tuple[str, str | None, str | None]]
     missing: bool = False
 
+    @property
+    def ref(self) -> str:
+        """The normalised reference (same name as in the JSONL records)."""
+        return self.reference
+
+    @property
+    def hyp(self) -> str:
+        """The normalised hypothesis."""
+        return self.hypothesis
+
     def _count(self, op: str) -> int:
         return sum(1 for step in self.alignment if step[0] == op)
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,21 @@ import yaml
 
 from .config import ModelConfig, _build
 from .schedule import LRSchedule, Stage
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads "3e-5" as a string; learning rates are written that way, so read it as a float."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)
 
 
 @dataclass
@@ -91,7 +107,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like key.subkey=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    return key.strip().split("."), read_yaml(value)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -122,7 +138,7 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a recipe YAML, apply overrides, and validate it; errors name the file."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read recipe ({err})") from None
     try:

@@ -32,15 +32,21 @@ _ABBREVIATIONS = [
     (re.compile(r"\bMrs\.(?=\s)"), "Missus"),
     (re.compile(r"\bDr\.(?=\s+[A-Z])"), "Doctor"),
     (re.compile(r"\bSt\.(?=\s+[A-Z])"), "Saint"),  # "St. Paul": before a name it is a saint ...
-    (re.compile(r"(?<=[a-z] )St\.(?=[\s,;]|$)"), "Street"),  # ... after one ("Main St.") a street
-    (re.compile(r"\bJr\.(?=[\s,;]|$)"), "Junior"),
+    (re.compile(r"(?<=[a-z] )St\.(?=[\s,;])"), "Street"),  # ... after one ("Main St.") a street
+    (re.compile(r"(?<=[a-z] )St\.$"), "Street."),  # the same full stop also ends the sentence
+    (re.compile(r"\bJr\.(?=[\s,;])"), "Junior"),
+    (re.compile(r"\bJr\.$"), "Junior."),
     (re.compile(r"\bProf\.(?=\s+[A-Z])"), "Professor"),
     (re.compile(r"\bMt\.(?=\s+[A-Z])"), "Mount"),
     (re.compile(r"\bvs\.(?=\s)"), "versus"),
 ]
 
 _ALLOWED = re.compile(r"^[A-Z][A-Za-z ,;:?!'.-]*[.?!]$")
+_ANY_ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Dr|St|Jr|Prof|Mt|vs)\.")
+_INNER_SENTENCE_END = re.compile(r"[.?!]")  # "What will ye? shall I come": two sentences in one
+_DIGIT = re.compile(r"\d")
 _ACRONYM = re.compile(r"\b[A-Z]{2,}\b")  # "UNIX", "VIII": engines spell or misread these
+_LOOSE_HYPHEN = re.compile(r"(?<![A-Za-z])-|-(?![A-Za-z])|''")
 _STRAY_LETTER = re.compile(r"(?<![\w'])(?![AIOaio]\b)[A-Za-z](?![\w'])")  # "x", "J" initials
 
 
@@ -156,26 +162,38 @@ def verbalize_numbers(text: str) -> str:
     return text
 
 
+_TYPOGRAPHIC = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
+                              "\u2014": " -- ", "\u2013": "-", "`": '"'})
+_BRACKETED = re.compile(r"\([^()]*\)|\[[^\[\]]*\]|\{[^{}]*\}")
+_QUOTE_MARK = re.compile(r"(?<![A-Za-z])'|'(?![A-Za-z])(?<!s')")  # a quote, not an apostrophe
+# Anything outside this set (markup, symbols, other scripts) rejects a sentence before any work.
+_REPAIRABLE = re.compile(r"[^A-Za-z0-9 ,;:?!'.\-\"()\[\]{}$%`\u2018\u2019\u201c\u201d\u2014\u2013\u2026]")
+_NUMBER_WITH_DASH_OR_SLASH = re.compile(r"\d\s?[-/]|[-/]\s?\d")  # phones, ranges, fractions
+
+
 def _strip_quotes_and_brackets(text: str) -> str:
     """Drop bracketed asides and editorial markup; remove quote marks but keep apostrophes."""
-    text = text.translate(str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'",
-                                         "\u2019": "'", "\u2014": " -- ", "\u2013": "-"}))
+    text = text.translate(_TYPOGRAPHIC)
     for _ in range(2):  # nested brackets: "(as (here))"
-        text = re.sub(r"\([^()]*\)|\[[^\[\]]*\]|\{[^{}]*\}", " ", text)
-    text = text.replace('"', " ").replace("`", " ")
-    text = re.sub(r"(?<![A-Za-z])'|'(?![A-Za-z])(?<!s')", " ", text)  # quote, not apostrophe
-    return text
+        text = _BRACKETED.sub(" ", text)
+    return _QUOTE_MARK.sub(" ", text.replace('"', " "))
+
+
+_TIDY_RULES = [(re.compile(pattern), replacement) for pattern, replacement in [
+    (r"\s*--+\s*", ", "),  # a dash is a pause: speak it as a comma
+    (r"\.{2,}|\u2026", ","),  # an ellipsis inside a sentence is a pause too
+    (r"\s+", " "),
+    (r" ([,;:.?!])", r"\1"),
+    (r"([,;:])(?: ?[,;:])+", r"\1"),  # ", ," left by removed asides
+    (r"([!?])[!?.]+", r"\1"),
+    (r"[,;:]+([.?!])$", r"\1"),
+]]
 
 
 def _tidy_punctuation(text: str) -> str:
-    text = re.sub(r"\s*--+\s*", ", ", text)  # a dash is a pause: speak it as a comma
-    text = re.sub(r"\.{2,}|\u2026", ",", text)  # an ellipsis inside a sentence is a pause too
-    text = re.sub(r"\s+", " ", text).strip()
-    text = re.sub(r"\s+([,;:.?!])", r"\1", text)
-    text = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", text)  # ", ," left by removed asides
-    text = re.sub(r"([!?])[!?.]+", r"\1", text)
-    text = re.sub(r"[,;:]+([.?!])$", r"\1", text)
-    return text.lstrip(",;: ").strip()
+    for pattern, replacement in _TIDY_RULES:
+        text = pattern.sub(replacement, text)
+    return text.strip().lstrip(",;: ").strip()
 
 
 def normalize_sentence(sentence: str, min_words: int = 3, max_words: int = 25) -> str | None:
@@ -183,18 +201,23 @@ def normalize_sentence(sentence: str, min_words: int = 3, max_words: int = 25) -
 
     Applies quote/bracket removal, abbreviation expansion and number verbalisation, then accepts
     the result only if it starts with a capital letter, ends with . ? or !, holds only letters,
-    spaces and , ; : ' - punctuation, no internal full stop, no acronym or stray single letter,
+    spaces and , ; : ' - punctuation, no . ? ! before the end, no acronym or stray single letter,
     and has `min_words`..`max_words` words.
     """
+    if (_REPAIRABLE.search(sentence) or _NUMBER_WITH_DASH_OR_SLASH.search(sentence)
+            or sentence.count(" ") > 3 * max_words):  # cheap rejections first
+        return None
     text = _strip_quotes_and_brackets(sentence)
-    text = expand_abbreviations(text)
-    text = verbalize_numbers(text)
+    if _ANY_ABBREVIATION.search(text):
+        text = expand_abbreviations(text)
+    if _DIGIT.search(text):
+        text = verbalize_numbers(text)
     text = _tidy_punctuation(text)
-    if not _ALLOWED.match(text) or "." in text[:-1]:
+    if not _ALLOWED.match(text) or _INNER_SENTENCE_END.search(text[:-1]):
         return None
     if _ACRONYM.search(text) or _STRAY_LETTER.search(text):
         return None
-    if re.search(r"(?<![A-Za-z])-|-(?![A-Za-z])|''", text):  # hyphens only inside words
+    if _LOOSE_HYPHEN.search(text):  # hyphens only inside words
         return None
     words = text.split()
     if not min_words <= len(words) <= max_words:

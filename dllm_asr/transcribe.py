@@ -109,9 +109,9 @@ def _texts(model: SpeechLLM, result, traces: bool) -> list[Transcript]:
     return out
 
 
-def tokenize_texts(model: SpeechLLM, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """Texts -> token ids (B, L) padded with EOS, lengths (B,)."""
-    ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+def tokenize_texts(model: SpeechLLM, texts: Sequence[str], max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+    """Texts -> token ids (B, L) padded with EOS (each cut to `max_tokens`), lengths (B,)."""
+    ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
     tokens, lengths = pack_priors(ids, model.eos_id)
     return tokens.to(model.device), lengths.to(model.device)
 
@@ -137,7 +137,9 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
                 for r in rows]
     predictor = model.mask_predictor(audio)
     if options.strategy == "prior":
-        prior, lengths = tokenize_texts(model, list(priors) if priors is not None else ctc_priors(model, audio))
+        texts = list(priors) if priors is not None else ctc_priors(model, audio)
+        cap = max(1, model.config.max_response_tokens - options.margin)
+        prior, lengths = tokenize_texts(model, texts, max_tokens=cap)
         result = decode(predictor, prior, decode_options(model, options), lengths)
     else:
         lengths = block_lengths(model, audios, options).to(model.device)

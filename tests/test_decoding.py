@@ -376,6 +376,7 @@ def test_plain_function_adapter():
         (dict(remasking="lowest"), "remasking"),
         (dict(threshold=0.0), "threshold"),
         (dict(threshold=1.5), "threshold"),
+        (dict(threshold=0.9, remasking="random"), "threshold"),
         (dict(margin=-1), "margin"),
         (dict(exit_threshold=0.0), "exit_threshold"),
         (dict(prior_guided=True, num_blocks=2), "prior_guided"),
@@ -406,3 +407,22 @@ def test_bad_inputs_raise_one_line_errors():
     bad = as_mask_predictor(lambda t: torch.zeros(t.shape[0], V))
     with pytest.raises(ValueError, match="mask predictor: expected logits of shape"):
         decode(bad, masks(1, 4), options())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decodes_on_cuda_like_on_cpu():
+    table_cpu = torch.randn(64, V, V, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    table_cpu[..., MASK] = -50.0
+
+    def on(device):
+        table = table_cpu.to(device)
+        return lambda t, r, l: table[torch.arange(t.shape[1], device=t.device), t.clamp_max(V - 1)] + r[:, None, None]
+
+    lengths = torch.tensor([9, 4, 12])
+    for kw in (dict(steps=6, num_blocks=2), dict(threshold=0.5), dict(steps=4, temperature=1.0, seed=3)):
+        cpu = decode(on("cpu"), masks(3, 12), options(**kw), lengths)
+        gpu = decode(on("cuda"), masks(3, 12).cuda(), options(**kw), lengths.cuda())
+        assert gpu.tokens.is_cuda and gpu.nfe.tolist() == gpu.steps.tolist()
+        if "temperature" not in kw:  # CUDA and CPU generators draw different noise
+            assert gpu.tokens.cpu().equal(cpu.tokens) and gpu.nfe.equal(cpu.nfe)

@@ -48,6 +48,7 @@ def test_hand_worked_wer_one_substitution_one_deletion():
     report = score({"u": "a b c d"}, {"u": "a x c"}, normalizer="none")
     assert report.wer == pytest.approx(0.5)
     assert (report.substitutions, report.deletions, report.insertions) == (1, 1, 0)
+    assert (report.utterances[0].ref, report.utterances[0].hyp) == ("a b c d", "a x c")
     assert report.utterances[0].alignment == [
         ("equal", "a", "a"), ("sub", "b", "x"), ("equal", "c", "c"), ("del", "d", None)]
 
@@ -186,3 +187,17 @@ def test_timer_measures_and_accumulates():
     with timer:
         time.sleep(0.01)
     assert timer.seconds > first
+
+
+@pytest.mark.gpu
+def test_timer_waits_for_cuda_kernels():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    x = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    with Timer() as timer:
+        for _ in range(20):
+            x = x @ x / 64.0
+    # 20 matmuls of 4096^2 are ~2.7 TFLOP: well over a millisecond once the kernels are waited for
+    assert timer.seconds > 1e-3

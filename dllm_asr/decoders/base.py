@@ -18,7 +18,8 @@ class DecoderLM(nn.Module):
     """Base class of the LM decoders.
 
     Subclasses set ``hidden_size``, ``vocab_size``, ``mask_token_id``, ``eos_token_id``,
-    ``tokenizer`` (a transformers tokenizer) and ``name``, and implement ``embed`` and
+    ``tokenizer`` (a transformers tokenizer), ``name`` and ``num_layers`` (transformer blocks,
+    each with one q_proj/k_proj/v_proj for LoRA), and implement ``embed`` and
     ``forward``.
     """
 
@@ -27,6 +28,7 @@ class DecoderLM(nn.Module):
     mask_token_id: int
     eos_token_id: int
     name: str
+    num_layers: int
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings: ids (B, S) long -> (B, S, D) in the model's dtype."""

@@ -53,7 +53,8 @@ def _hf_generate(decoder, inputs_embeds, attention_mask, max_new_tokens, num_bea
     return GeneratedTokens(_cut_at_eos(out, eos_token_id), nfe=calls[0])
 
 
-def _uncached_greedy(decoder: DecoderLM, inputs_embeds, attention_mask, max_new_tokens, eos_token_id) -> GeneratedTokens:
+def _uncached_greedy(decoder: DecoderLM, inputs_embeds, attention_mask, max_new_tokens,
+                     eos_token_id) -> GeneratedTokens:
     """Greedy decoding by full causal forwards over the growing sequence (no KV cache)."""
     embeds, mask = inputs_embeds, attention_mask.bool()
     batch = embeds.shape[0]

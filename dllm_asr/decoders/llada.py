@@ -11,7 +11,6 @@ RMSNorm(x) = w * x / sqrt(mean(x^2) + eps); RoPE rotates the two halves of each 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -191,6 +190,7 @@ class LLaDADecoder(DecoderLM):
         self.tokenizer = tokenizer
         self.name = name
         self.hidden_size = config.d_model
+        self.num_layers = config.n_layers
         self.vocab_size = config.output_size
         self.mask_token_id = config.mask_token_id
         self.eos_token_id = config.eos_token_id
@@ -282,7 +282,8 @@ def _load_shards_into(decoder: LLaDADecoder, files: list[Path], dtype: torch.dty
     missing = sorted(set(expected) - loaded)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise DecoderLoadError(f"LLaDA checkpoint {files[0].parent}: missing parameter(s) {', '.join(missing[:3])}{more}")
+        names = ", ".join(missing[:3])
+        raise DecoderLoadError(f"LLaDA checkpoint {files[0].parent}: missing parameter(s) {names}{more}")
 
 
 def load_tokenizer(directory: Path, what: str = "LLaDA checkpoint"):

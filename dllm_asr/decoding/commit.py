@@ -40,16 +40,22 @@ def commit_above_threshold(scores: Tensor, threshold: float) -> Tensor:
     return chosen | (best & candidates)
 
 
+def first_true(flags: Tensor) -> Tensor:
+    """Per row of flags (B, L), the index of the first True, or L when none. LongTensor (B,)."""
+    batch, width = flags.shape
+    positions = torch.arange(width + 1, device=flags.device).expand(batch, width + 1)
+    padded = torch.cat([flags, torch.ones(batch, 1, dtype=torch.bool, device=flags.device)], dim=1)
+    return torch.where(padded, positions, width + 1).min(dim=1).values
+
+
 def apply_eos_stop(tokens: Tensor, lengths: Tensor, eos_id: int) -> Tensor:
     """Per-row EOS early stop (PAPERS.md 3c): positions after a row's first EOS become EOS.
 
     tokens: (B, L); lengths: (B,) with positions >= lengths[i] left alone (padding). Masks before
     the first EOS stay masked and are still decoded. Returns a new tensor.
     """
-    width = tokens.shape[1]
-    positions = torch.arange(width, device=tokens.device).expand_as(tokens)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     inside = positions < lengths.to(tokens.device)[:, None]
-    is_eos = (tokens == eos_id) & inside
-    first_eos = torch.where(is_eos, positions, torch.full_like(positions, width)).min(dim=1).values
+    first_eos = first_true((tokens == eos_id) & inside)
     after_eos = inside & (positions > first_eos[:, None])
     return tokens.masked_fill(after_eos, eos_id)

@@ -90,8 +90,8 @@ def deliberate_semi_ar(
     """Semi-AR deliberation: fully mask chunk c and re-decode it, c = 0..C-1, left to right.
 
     The other chunks show the prior (right) or the re-decoded tokens (left). Each chunk is decoded
-    with `options` (steps=1 gives the paper's one pass per chunk). A row whose response already
-    ended (an EOS) before chunk c keeps that chunk. Returns the chained accounting of C decodes.
+    with `options` (steps=1 gives the paper's one pass per chunk). With `options.eos_early_stop`, a
+    row whose response already ended (an EOS) before chunk c keeps that chunk. Returns the chained accounting of C decodes.
     """
     from .engine import decode  # the engine imports this module's siblings; avoid a cycle
 
@@ -103,7 +103,7 @@ def deliberate_semi_ar(
     for c in range(chunks):
         for i, n in enumerate(lengths.tolist()):
             lo, hi = chunk_bounds(int(n), chunks)[c]
-            ended = bool((tokens[i, :lo] == options.eos_id).any())
+            ended = options.eos_early_stop and bool((tokens[i, :lo] == options.eos_id).any())
             if not ended:
                 tokens[i, lo:hi] = options.mask_id
         part = decode(predictor, tokens, options, lengths)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from numbers import Integral
 
 REMASKING_CHOICES = ("low_confidence", "random")
 
@@ -68,7 +69,8 @@ class DecodeOptions:
 
     prune: bool = True
     """Prior-guided: once a position exits as EOS, drop every position after it (length-adaptive
-    pruning), so later passes send shorter token tensors to the predictor."""
+    pruning), so later passes send shorter token tensors to the predictor. (Prior-guided decoding
+    ignores `eos_early_stop`: pruning is its EOS rule.)"""
 
     def __post_init__(self) -> None:
         _check_options(self)
@@ -87,7 +89,7 @@ def _check_options(o: DecodeOptions) -> None:
     for f in fields(o):
         value = getattr(o, f.name)
         if f.name in ("mask_id", "eos_id", "steps", "margin") and (
-            not isinstance(value, int) or isinstance(value, bool)
+            not isinstance(value, Integral) or isinstance(value, bool)
         ):
             _fail(f.name, f"must be an int, got {value!r}")
     if o.mask_id < 0 or o.eos_id < 0:
@@ -108,6 +110,8 @@ def _check_options(o: DecodeOptions) -> None:
         _fail("remasking", f"must be one of {REMASKING_CHOICES}, got {o.remasking!r}")
     if o.threshold is not None and not 0 < o.threshold <= 1:
         _fail("threshold", f"must be in (0, 1], got {o.threshold}")
+    if o.threshold is not None and o.remasking != "low_confidence":
+        _fail("threshold", "compares confidences, so it needs remasking='low_confidence'")
     if o.margin < 0:
         _fail("margin", f"must be >= 0, got {o.margin}")
     if not 0 < o.exit_threshold <= 1:

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .commit import first_true
 from .confidence import confidence_and_argmax, make_generator
 from .options import DecodeOptions
 from .predictor import MaskPredictor, call_predictor
@@ -73,10 +74,8 @@ def prune_after_eos(tokens: Tensor, exited: Tensor, lengths: Tensor, eos_id: int
 
     A row's block ends after its first exited EOS; positions behind it become EOS and exited.
     """
-    width = tokens.shape[1]
-    positions = torch.arange(width, device=tokens.device).expand_as(tokens)
-    settled_eos = exited & (tokens == eos_id) & (positions < lengths[:, None])
-    first = torch.where(settled_eos, positions, torch.full_like(positions, width)).min(dim=1).values
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    first = first_true(exited & (tokens == eos_id) & (positions < lengths[:, None]))
     new_lengths = torch.minimum(lengths, first + 1)
     dropped = positions >= new_lengths[:, None]
     tokens.masked_fill_(dropped, eos_id)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .commit import first_true
+
 
 @dataclass
 class DecodeResult:
@@ -38,11 +40,9 @@ class DecodeResult:
 
 def response_lengths(tokens: Tensor, block_lengths: Tensor, eos_id: int) -> Tensor:
     """Per-row index of the first EOS within the row's block, else the block length. Shape (B,)."""
-    width = tokens.shape[1]
-    positions = torch.arange(width, device=tokens.device).expand_as(tokens)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     inside = positions < block_lengths.to(tokens.device)[:, None]
-    is_eos = (tokens == eos_id) & inside
-    first_eos = torch.where(is_eos, positions, torch.full_like(positions, width)).min(dim=1).values
+    first_eos = first_true((tokens == eos_id) & inside)
     return torch.minimum(first_eos, block_lengths.to(tokens.device)).cpu()
 
 

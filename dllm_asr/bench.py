@@ -1,0 +1,121 @@
+"""`dllm-asr bench`: the papers' Table-1-style grid on one data set.
+
+Each run decodes the same utterances and reports WER (Whisper English normaliser), RTF, RTFx
+and mean NFE. Runs are timed side by side in one process (warm-up excluded), so the ratios
+between rows are meaningful even on a noisy machine. Writes results.md, results.csv and
+wer_vs_rtf.png into the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import Utterance, load_dataset
+from .evaluate import EvalReport, evaluate_utterances
+from .transcribe import TranscribeOptions
+
+DEFAULT_GRID: list[dict[str, Any]] = [
+    {"name": "diffusion, 1 step", "strategy": "diffusion", "steps": 1},
+    {"name": "diffusion, 8 steps", "strategy": "diffusion", "steps": 8},
+    {"name": "diffusion, 32 steps", "strategy": "diffusion", "steps": 32},
+    {"name": "diffusion, 64 steps", "strategy": "diffusion", "steps": 64},
+    {"name": "semi-AR, 4 blocks x 8 steps", "strategy": "semi-ar", "steps": 32, "num_blocks": 4},
+    {"name": "threshold 0.9", "strategy": "threshold", "threshold": 0.9},
+    {"name": "prior-guided (CTC prior)", "strategy": "prior", "steps": 8},
+]
+
+AR_GRID: list[dict[str, Any]] = [
+    {"name": "AR greedy", "model": "ar", "strategy": "ar"},
+    {"name": "deliberation of AR, semi-AR 2 chunks", "deliberate": {"mask": "semi-ar", "chunks": 2}},
+    {"name": "deliberation of AR, random 30%", "deliberate": {"mask": "random", "ratio": 0.3}},
+    {"name": "deliberation of AR, low-confidence 30%", "deliberate": {"mask": "low-confidence", "ratio": 0.3}},
+    {"name": "deliberation of AR, semi-AR 2 chunks, text only",
+     "deliberate": {"mask": "semi-ar", "chunks": 2, "use_audio": False}},
+    {"name": "prior-guided (AR prior)", "strategy": "prior", "steps": 8, "prior": "ar"},
+]
+
+
+def read_grid(path: str | None, with_ar: bool) -> list[dict[str, Any]]:
+    if path is None:
+        return DEFAULT_GRID + (AR_GRID if with_ar else [])
+    grid = yaml.safe_load(Path(path).read_text())
+    if not isinstance(grid, list) or not all(isinstance(r, dict) and "name" in r for r in grid):
+        raise ValueError(f"{path}: a grid is a YAML list of runs, each with a 'name'")
+    return grid
+
+
+def run_one(run: dict[str, Any], models: dict, utterances: list[Utterance], ar_hyps: dict[str, str] | None,
+            batch_size: int) -> EvalReport:
+    settings = {k: v for k, v in run.items() if k not in ("name", "model", "deliberate", "prior")}
+    options = TranscribeOptions(**settings)
+    model = models[run.get("model", "diffusion")]
+    deliberation = run.get("deliberate")
+    if deliberation or run.get("prior") == "ar":
+        if ar_hyps is None:
+            raise ValueError(f"run {run['name']!r} needs AR hypotheses: give --ar-model or an 'AR greedy' run first")
+        utterances = [replace(u, prior=ar_hyps.get(u.id, "")) for u in utterances]
+    return evaluate_utterances(model, utterances, options, batch_size=batch_size, deliberation=deliberation,
+                               priors_from_data=run.get("prior") == "ar")
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
+    columns = ["name", "wer", "rtf", "rtfx", "mean_nfe", "utterances"]
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| system | WER % | RTF | RTFx | mean NFE |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {100 * r['wer']:.2f} | {r['rtf']:.4f} | {r['rtfx']:.1f} | {r['mean_nfe']:.1f} |"
+              for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n\nWER with the Whisper English normaliser.\n")
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        ax.scatter(r["rtf"], 100 * r["wer"])
+        ax.annotate(r["name"], (r["rtf"], 100 * r["wer"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("RTF (log scale, lower is faster)")
+    ax.set_ylabel("WER % (Whisper English normaliser)")
+    ax.set_title("WER versus real-time factor")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "wer_vs_rtf.png", dpi=120)
+    plt.close(fig)
+
+
+def run_bench(model: str, data: str, out: str, grid: str | None = None, device: str = "auto",
+              dtype: str = "float32", max_utterances: int | None = None, batch_size: int = 8,
+              ar_model: str | None = None) -> list[dict[str, Any]]:
+    """Run every grid entry on `data` and write the tables and the plot into `out`."""
+    from .distributed import pick_device
+    from .loading import load_model
+
+    models = {"diffusion": load_model(model, device=pick_device(device), dtype=dtype)}
+    if ar_model:
+        models["ar"] = load_model(ar_model, device=pick_device(device), dtype=dtype)
+    utterances = load_dataset(data, on_error="skip")[:max_utterances]
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, ar_hyps = [], None
+    for run in read_grid(grid, with_ar=ar_model is not None):
+        report = run_one(run, models, utterances, ar_hyps, batch_size)
+        if run.get("strategy") == "ar":
+            ar_hyps = report.hyps
+        rows.append({"name": run["name"], "wer": report.wer, "rtf": report.rtf, "rtfx": 1 / max(report.rtf, 1e-12),
+                     "mean_nfe": report.mean_nfe, "utterances": len(report.hyps)})
+        print(f"{run['name']:<45} {report.summary()}", flush=True)
+    write_tables(rows, out_dir)
+    plot(rows, out_dir)
+    return rows

@@ -1,0 +1,218 @@
+"""`dllm-asr` command line: a thin layer over the library's functions.
+
+    dllm-asr transcribe [--model M] [--strategy S] FILES...
+    dllm-asr deliberate --prior HYP --mask {random,low-confidence,semi-ar} --ratio P [--model M] FILES...
+    dllm-asr train --config RECIPE.yaml [key=value ...]
+    dllm-asr eval --model M --data D [--strategy S] --out DIR
+    dllm-asr score REF HYP
+    dllm-asr bench --model M --data D --out DIR [--grid GRID.yaml]
+    dllm-asr corpus OUT_DIR [options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from . import __version__
+from .transcribe import MASKINGS, STRATEGIES, TranscribeOptions
+
+
+def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TranscribeOptions field (--steps, --num-blocks, --threshold, ...)."""
+    parser.add_argument("--model", default="dllm-asr-base-en", help="checkpoint directory or shipped model name")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--batch-size", type=int, default=8)
+    for f in fields(TranscribeOptions):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "strategy":
+            parser.add_argument(flag, default=f.default, choices=STRATEGIES)
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction)
+        else:
+            kind = {"length": int, "seed": int}.get(f.name, type(f.default) if f.default is not None else str)
+            parser.add_argument(flag, type=kind, default=f.default)
+
+
+def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
+    return TranscribeOptions(**{f.name: getattr(args, f.name) for f in fields(TranscribeOptions)})
+
+
+def open_model(args: argparse.Namespace):
+    from .distributed import pick_device
+    from .loading import load_model
+
+    return load_model(args.model, device=pick_device(args.device), dtype=args.dtype)
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from .transcribe import transcribe_files
+
+    options = transcribe_options(args)
+    model = open_model(args)
+    failures = 0
+    for result in transcribe_files(model, args.files, options, batch_size=args.batch_size):
+        if result.error:
+            failures += 1
+            print(f"error: {result.error}", file=sys.stderr)
+            continue
+        t = result.transcript
+        if args.format == "jsonl":
+            print(json.dumps({"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps,
+                              "trace": t.trace} if options.trace else
+                             {"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps}))
+        else:
+            print(f"{result.path}\t{t.text}")
+    return 1 if failures == len(args.files) else 0
+
+
+def cmd_deliberate(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+    from .metrics import read_transcripts
+    from .transcribe import deliberate_batch
+
+    priors = read_transcripts(args.prior)
+    keys = [Path(f).stem for f in args.files]
+    missing = [k for k in keys if k not in priors]
+    if missing:
+        raise ValueError(f"{args.prior}: no prior for {', '.join(missing[:5])} (ids are the audio file stems)")
+    model = open_model(args)
+    options = transcribe_options(args)
+    for start in range(0, len(args.files), args.batch_size):
+        files = args.files[start:start + args.batch_size]
+        audios = [load_audio(f) for f in files]
+        results = deliberate_batch(model, audios, [priors[Path(f).stem] for f in files], mask=args.mask,
+                                   ratio=args.ratio, chunks=args.chunks, use_audio=not args.text_only, options=options)
+        for path, r in zip(files, results):
+            print(json.dumps({"id": Path(path).stem, "prior": priors[Path(path).stem], "text": r.text, "nfe": r.nfe}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipe import load_train_config
+    from .train import train
+
+    out = train(load_train_config(args.config, args.overrides))
+    print(f"checkpoints in {out / 'checkpoints'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_model
+
+    model = open_model(args)
+    deliberation = None
+    if args.deliberate:
+        deliberation = {"mask": args.deliberate, "ratio": args.ratio, "chunks": args.chunks,
+                        "use_audio": not args.text_only}
+    report = evaluate_model(model, args.data, transcribe_options(args), max_utterances=args.max_utterances,
+                            batch_size=args.batch_size, deliberation=deliberation)
+    report.write(args.out)
+    print(report.summary())
+    print(f"wrote {args.out}/hyps.jsonl, errors.jsonl, report.md")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .metrics import score_files
+
+    report = score_files(args.ref, args.hyp, normalizer=args.normalizer)
+    print(report.to_text())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.model, args.data, args.out, grid=args.grid, device=args.device, dtype=args.dtype,
+              max_utterances=args.max_utterances, batch_size=args.batch_size, ar_model=args.ar_model)
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from .corpus import main as corpus_main
+
+    return corpus_main(args.corpus_args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dllm-asr", description="Speech recognition with diffusion LLM decoders")
+    parser.add_argument("--version", action="version", version=f"dllm-asr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files")
+    add_decoding_flags(p)
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("deliberate", help="deliberate prior transcripts (Whisper-LLaDA sec. 3.3.1)")
+    add_decoding_flags(p)
+    add_deliberation_flags(p, required=True)
+    p.add_argument("--prior", required=True, help="JSONL or Kaldi text file of prior transcripts (ids = file stems)")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_deliberate)
+
+    p = sub.add_parser("train", help="train from a recipe")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the recipe")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="decode, score and time a data set")
+    add_decoding_flags(p)
+    add_deliberation_flags(p, required=False)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-utterances", type=int, default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="score a hypothesis file against a reference file")
+    p.add_argument("ref")
+    p.add_argument("hyp")
+    p.add_argument("--normalizer", default="whisper_english", choices=("whisper_english", "whisper_basic", "none"))
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("bench", help="Table-1-style grid of strategies: WER, RTF, NFE")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--grid", default=None, help="YAML list of runs (default: the papers' grid)")
+    p.add_argument("--ar-model", default=None, help="AR baseline checkpoint: adds AR, deliberation and AR-prior runs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--max-utterances", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("corpus", help="synthesise an English speech corpus", add_help=False)
+    p.add_argument("corpus_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_corpus)
+    return parser
+
+
+def add_deliberation_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--mask" if required else "--deliberate", choices=MASKINGS, required=required,
+                        dest="mask" if required else "deliberate", help="deliberation masking")
+    parser.add_argument("--ratio", type=float, default=0.3, help="fraction of prior tokens re-masked")
+    parser.add_argument("--chunks", type=int, default=2, help="semi-AR deliberation chunks")
+    parser.add_argument("--text-only", action="store_true", help="condition on the prompt alone (no audio)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dllm-asr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

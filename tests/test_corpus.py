@@ -1,0 +1,286 @@
+"""Tests for dllm_asr.textnorm (hand-worked cases) and dllm_asr.corpus (tiny real builds)."""
+from __future__ import annotations
+
+import json
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dllm_asr import corpus
+from dllm_asr.textnorm import (expand_abbreviations, normalize_sentence, split_sentences,
+                               verbalize_numbers)
+
+HAVE_TTS = shutil.which("espeak-ng") is not None and shutil.which("flite") is not None
+needs_tts = pytest.mark.skipif(not HAVE_TTS, reason="espeak-ng and flite binaries not installed "
+                                                    "(apt-get install espeak-ng flite)")
+
+# --------------------------------------------------------------------------- text normalisation
+
+
+@pytest.mark.parametrize("raw, spoken", [
+    ("He had 3 dogs in 1999.", "He had three dogs in nineteen ninety-nine."),
+    ("It was the 1st and the 22nd.", "It was the first and the twenty-second."),
+    ("Pi is 3.14 here.", "Pi is three point one four here."),
+    ("They sold 12,345 cars.", "They sold twelve thousand three hundred and forty-five cars."),
+    ("It cost $5.50 today.", "It cost five dollars and fifty cents today."),
+    ("We met at 10:30 and 7:05.", "We met at ten thirty and seven oh five."),
+    ("In the 1990s it rose 50%.", "In the nineteen nineties it rose fifty percent."),
+    ("Born in 2005, agent 007.", "Born in two thousand and five, agent zero zero seven."),
+    ("Only 101 left.", "Only one hundred and one left."),
+])
+def test_verbalize_numbers(raw: str, spoken: str) -> None:
+    assert verbalize_numbers(raw) == spoken
+
+
+def test_expand_abbreviations_saint_versus_street() -> None:
+    assert expand_abbreviations("Mr. Smith met Dr. Jones on Main St. near St. Paul.") == \
+        "Mister Smith met Doctor Jones on Main Street near Saint Paul."
+
+
+def test_split_sentences_respects_abbreviations_and_initials() -> None:
+    text = "Mr. Smith came home.  He saw J. R. Tolkien!\nWas it late? Yes, it was 3 a.m. then"
+    assert split_sentences(text) == [
+        "Mr. Smith came home.", "He saw J. R. Tolkien!", "Was it late?", "Yes, it was 3 a.m. then"]
+
+
+def test_split_sentences_keeps_closing_quote_with_its_sentence() -> None:
+    assert split_sentences('He said "go." Then he left.') == ['He said "go."', "Then he left."]
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("He had 3 dogs in 1999.", "He had three dogs in nineteen ninety-nine."),
+    ('"Hello," she said -- \'it is late\'.', "Hello, she said, it is late."),
+    ("Pi is 3.14 (roughly) they say.", "Pi is three point one four they say."),
+    ("The dogs' bowls were empty.", "The dogs' bowls were empty."),
+    ("Wait... what did you say?!", "Wait, what did you say?"),
+    ("I live on Main St.", "I live on Main Street."),
+    ("Mr. Brown met Dr. Who.", "Mister Brown met Doctor Who."),
+])
+def test_normalize_sentence_cleans(raw: str, clean: str) -> None:
+    assert normalize_sentence(raw) == clean
+
+
+@pytest.mark.parametrize("raw", [
+    "UNIX is a fine system.",          # acronym: spelled or misread by the engines
+    "See e.g. this one here.",         # leftover abbreviation
+    "Henry VIII had six wives.",       # roman numeral
+    "Call 555-1234 now please.",       # phone number: no single reading
+    "Read pages 10-20 tonight.",       # range
+    "Email me at a@b.com today.",      # symbols
+    "Too short.",                      # under 3 words
+    "word " * 30 + "end.",             # over 25 words
+    "no capital at the start.",        # a fragment of a broken line
+    "It has no final punctuation",
+    "He saw x and y there.",           # stray letters
+    "What will ye? shall I come unto you?",  # two sentences, oddly joined
+])
+def test_normalize_sentence_rejects_what_tts_cannot_say(raw: str) -> None:
+    assert normalize_sentence(raw) is None
+
+
+def test_sentences_from_passages_dedupes_case_insensitively() -> None:
+    passages = ["The cat sat down. The Cat sat down!", "Dogs sat. The cat sat, down."]
+    got = corpus.sentences_from_passages(passages)
+    assert got == ["The cat sat down."]  # "Dogs sat." has two words: too short
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_split_targets_total_and_mapping() -> None:
+    assert corpus.split_targets(None, 100) == {"train": (91, None), "dev": (3, None),
+                                               "test_seen": (3, None), "test_unseen": (3, None)}
+    per_split = corpus.split_targets({"train": 1.0, "dev": 0.1, "test_seen": 0.1, "test_unseen": 0.2}, None)
+    assert per_split["test_unseen"] == (None, 0.2)
+    with pytest.raises(ValueError, match="exactly one"):
+        corpus.split_targets(1.0, 10)
+    with pytest.raises(ValueError, match="must name exactly"):
+        corpus.split_targets(None, {"train": 3})
+
+
+def test_take_sentences_by_hours_uses_the_duration_estimate() -> None:
+    pool = ["Abcd efg h."] * 6  # 11 characters: 11 * 0.054 + 0.385 = 0.979 s each
+    assert len(corpus._take_sentences(pool, 0, None, 3.0 / 3600, "dev")) == 4  # 2.94 s < 3 s after 3
+    with pytest.raises(ValueError, match="not enough sentences for split 'train'"):
+        corpus._take_sentences(pool, 2, None, 10.0 / 3600, "train")
+
+
+def test_plan_balances_engines_and_is_seeded() -> None:
+    seen, unseen = corpus.split_voices(corpus.ENGINES, corpus.DEFAULT_UNSEEN_VOICES)
+    sentences = {s: [f"Sentence number {i} here." for i in range(400)] for s in corpus.SPLITS}
+    plan = corpus.plan_batches(sentences, seen, unseen, seed=3, batch_size=4, reverb_fraction=0.25,
+                               noise_fraction=0.0)
+    train = [b for b in plan if b.split == "train"]
+    assert 0.35 < np.mean([b.engine == "flite" for b in train]) < 0.65  # not 5 of 93 voices
+    utterances = [u for b in train for u in b.utterances]
+    assert 0.15 < np.mean([u.reverb_rt60 is not None for u in utterances]) < 0.35
+    assert all(u.snr_db is None for u in utterances)
+    assert {b.voice_name for b in plan if b.split == "test_unseen"} <= set(unseen)
+    assert plan == corpus.plan_batches(sentences, seen, unseen, 3, 4, 0.25, 0.0)
+
+
+def test_unseen_voices_are_disjoint_and_validated() -> None:
+    seen, unseen = corpus.split_voices(corpus.ENGINES, corpus.DEFAULT_UNSEEN_VOICES)
+    assert sorted(unseen) == sorted(corpus.DEFAULT_UNSEEN_VOICES) and not set(seen) & set(unseen)
+    assert len(seen) + len(unseen) == len(corpus.ESPEAK_ACCENTS) * len(corpus.ESPEAK_VARIANTS) + 5
+    with pytest.raises(ValueError, match="not voices"):
+        corpus.split_voices(("espeak-ng",), ["flite:slt"])
+
+
+def test_room_impulse_response_decays_by_60_db_at_rt60() -> None:
+    rir = corpus.synthetic_room_impulse_response(0.5, np.random.default_rng(0))
+    assert rir[0] == 1.0 and rir.size == int(1.2 * 0.5 * 16000)
+    energy = lambda seg: float(np.mean(seg**2))  # noqa: E731
+    early, late = rir[1:801], rir[7600:8400]  # ~0-0.05 s vs ~0.475-0.525 s
+    assert 45 < 10 * np.log10(energy(early) / energy(late)) < 70  # ~-57 dB: 60 dB minus half a window
+
+
+def test_add_noise_hits_requested_snr() -> None:
+    rng = np.random.default_rng(1)
+    clean = np.sin(np.arange(16000) * 0.05).astype(np.float32)
+    noisy = corpus.add_noise(clean, 10.0, rng)
+    snr = 10 * np.log10(np.mean(clean**2) / np.mean((noisy - clean) ** 2))
+    assert abs(snr - 10.0) < 0.01
+
+
+def test_bad_options_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="reverb_fraction"):
+        corpus.build_corpus(tmp_path / "a", num_utterances=4, reverb_fraction=1.5, sources=["wordnet"])
+    with pytest.raises(ValueError, match="engines"):
+        corpus.build_corpus(tmp_path / "b", num_utterances=4, engines=("festival",))
+    with pytest.raises(ValueError, match="text source"):
+        corpus.load_sentences(["nonsense"])
+
+
+# --------------------------------------------------------------------------- tiny real builds
+
+TINY = {"train": 6, "dev": 1, "test_seen": 2, "test_unseen": 3}
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int, int, int]:
+    with wave.open(str(path)) as handle:
+        frames = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
+        return frames, handle.getframerate(), handle.getnchannels(), handle.getsampwidth()
+
+
+# Our own prose (no Debian text package needed): 16 sentences for the 12 utterances, numbers included.
+PROSE = """The old lighthouse keeper climbed 120 steps every evening. He lit the lamp before dark.
+Ships passed the rocks safely for 40 years. In 1987 a storm broke the great window.
+Mr. Hale, his neighbour, helped him repair it. They worked through the night without rest.
+
+The village children often brought him bread. He told them stories about the sea.
+One story was about a whale that sang at dawn. Another was about a captain who lost his map.
+Nobody knew which stories were true. The keeper only smiled when they asked.
+
+On the 3rd of May the new lamp arrived by boat. It was brighter than the old one.
+The keeper retired the following spring. His stories are still told in the village today.
+"""
+
+
+def _build(out: Path, jobs: int, text_file: Path) -> dict:
+    # batches of 2 keep this quick while mixing several voices of both engines
+    path = corpus.build_corpus(out, num_utterances=TINY, seed=7, jobs=jobs, sources=(),
+                               text_files=[text_file], reverb_fraction=0.5, noise_fraction=0.5,
+                               batch_size=2)
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def prose_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "prose.txt"
+    path.write_text(PROSE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, prose_file: Path) -> tuple[Path, dict]:
+    if not HAVE_TTS:
+        pytest.skip("espeak-ng and flite binaries not installed (apt-get install espeak-ng flite)")
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    return out, _build(out, jobs=1, text_file=prose_file)
+
+
+def _manifest(out: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+@needs_tts
+def test_tiny_build_manifests_and_audio(tiny_corpus: tuple[Path, dict]) -> None:
+    out, info = tiny_corpus
+    texts = []
+    for split in corpus.SPLITS:
+        rows = _manifest(out, split)
+        assert len(rows) == TINY[split] == info["splits"][split]["utterances"]
+        for row in rows:
+            assert set(row) == {"id", "audio", "text", "duration", "voice"}
+            samples, rate, channels, width = _read_wav(out / row["audio"])
+            assert (rate, channels, width) == (16000, 1, 2)
+            assert abs(row["duration"] - samples.size / 16000) < 1e-3 and row["duration"] > 0.5
+            assert np.abs(samples).max() > 1000  # not silent
+            texts.append(row["text"])
+    assert len(set(texts)) == len(texts)  # sentences disjoint across splits
+    assert set(texts) <= set(corpus.sentences_from_passages(PROSE.split("\n\n")))
+    assert not any(ch.isdigit() for text in texts for ch in text)
+    assert info["seed"] == 7 and info["hours"] > 0
+
+
+@needs_tts
+def test_unseen_voices_only_in_test_unseen(tiny_corpus: tuple[Path, dict]) -> None:
+    out, info = tiny_corpus
+    unseen = {row["voice"] for row in _manifest(out, "test_unseen")}
+    assert unseen <= set(corpus.DEFAULT_UNSEEN_VOICES)
+    for split in ("train", "dev", "test_seen"):
+        assert not {row["voice"] for row in _manifest(out, split)} & set(corpus.DEFAULT_UNSEEN_VOICES)
+    assert set(info["splits"]["test_unseen"]["voices"]) == unseen
+
+
+@needs_tts
+def test_build_is_deterministic_across_runs_and_jobs(tiny_corpus: tuple[Path, dict],
+                                                     prose_file: Path, tmp_path: Path) -> None:
+    first, _ = tiny_corpus
+    second = tmp_path / "again"
+    _build(second, jobs=2, text_file=prose_file)
+    for split in corpus.SPLITS:
+        rows = _manifest(first, split)
+        assert rows == _manifest(second, split)
+        for row in rows:
+            assert corpus.file_sha256(first / row["audio"]) == corpus.file_sha256(second / row["audio"])
+
+
+@needs_tts
+def test_refuses_non_empty_output_folder(tiny_corpus: tuple[Path, dict], prose_file: Path) -> None:
+    out, _ = tiny_corpus
+    with pytest.raises(ValueError, match="not empty"):
+        corpus.build_corpus(out, num_utterances=TINY, sources=(), text_files=[prose_file])
+
+
+@needs_tts
+def test_espeak_batch_is_cut_into_one_piece_per_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    sentences = ["The first sentence is short.", "Then, after a pause; a second one follows.",
+                 "Is this the third?"]
+    utterances = tuple(corpus.Utterance(f"train-{i:06d}", s, None, None, 0) for i, s in enumerate(sentences))
+    calls = []
+    real_run = corpus.subprocess.run
+    monkeypatch.setattr(corpus.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    for voice in ("en-us+m3", "en-gb+f2"):  # f2 breathes: its silences are not exact zeros
+        calls.clear()
+        pieces, rate = corpus._espeak_batch(corpus.SynthesisBatch("train", "espeak-ng", voice, 160.0, 45,
+                                                                  utterances))
+        assert rate == 22050 and len(pieces) == 3 and len(calls) == 1  # one call, no fallback
+        alone = [corpus._espeak_batch(corpus.SynthesisBatch("train", "espeak-ng", voice, 160.0, 45, (u,)))
+                 [0][0] for u in utterances]
+        for piece, single in zip(pieces, alone):  # each cut piece lasts as long as the sentence alone
+            assert abs(_voiced_length(piece) - _voiced_length(single)) < 0.15 * rate
+
+
+def _voiced_length(audio: np.ndarray) -> int:
+    loud = np.flatnonzero(np.abs(audio) > 0.003)
+    return int(loud[-1] - loud[0])
+
+
+def test_main_reports_bad_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = corpus.main([str(tmp_path / "x"), "--utterances", "5", "--noise-fraction", "2"])
+    assert code == 2 and "noise_fraction" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+import pytest
+import torch
+from peft.tuners.lora import LoraLayer
+
+from dllm_asr.checkpoint import WEIGHTS_FILE, save_model
+from dllm_asr.diffusion import forward_mask, masked_diffusion_loss
+from dllm_asr.loading import build_model, load_model
+from dllm_asr.model import encode_transcripts
+
+
+def test_forward_shapes_and_lora_count(tiny_model, real_clips):
+    feats, lengths = tiny_model.features(real_clips[:2])
+    tokens = torch.full((2, 10), tiny_model.mask_id)
+    logits = tiny_model(feats, lengths, tokens)
+    assert logits.shape == (2, 10, tiny_model.decoder.vocab_size)
+    adapted = sum(isinstance(m, LoraLayer) for m in tiny_model.decoder.modules())
+    assert adapted == 3 * tiny_model.decoder.num_layers
+
+
+def test_prompt_uses_chat_template(tiny_model):
+    text = tiny_model.tokenizer.decode(tiny_model.prompt_ids)
+    assert "Transcribe the audio." in text and "assistant" in text
+
+
+def test_row_logits_do_not_depend_on_the_rest_of_the_batch(tiny_model, real_clips):
+    tokens = torch.randint(0, 1000, (1, 12))
+    alone = tiny_model.response_logits(tiny_model.encode_audio(real_clips[1:2]), tokens)
+    audio = tiny_model.encode_audio([real_clips[0], real_clips[1], real_clips[2]])
+    others = torch.cat([torch.randint(0, 1000, (1, 12)), tokens, torch.randint(0, 1000, (1, 12))])
+    lengths = torch.tensor([12, 12, 7])
+    batched = tiny_model.response_logits(audio, others, lengths)
+    torch.testing.assert_close(batched[1], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_checkpoint_round_trip_stores_only_deltas(tiny_config, tiny_model, real_clips, tmp_path):
+    with torch.no_grad():
+        for name, p in tiny_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # make LoRA non-trivial so the round trip is meaningful
+    save_model(tiny_model, tmp_path / "ckpt")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ckpt" / WEIGHTS_FILE), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith(("adapter.", "ctc_head.")) or "lora_" in k for k in keys)
+    loaded = load_model(tmp_path / "ckpt")
+    tokens = torch.randint(0, 1000, (1, 6))
+    a = tiny_model.response_logits(tiny_model.encode_audio(real_clips[:1]), tokens)
+    b = loaded.response_logits(loaded.encode_audio(real_clips[:1]), tokens)
+    torch.testing.assert_close(a, b)
+
+
+def test_bad_checkpoint_directories_give_one_line_errors(tmp_path):
+    with pytest.raises(ValueError, match="no-such-dir: no such checkpoint"):
+        load_model(tmp_path / "no-such-dir")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: not a dllm-asr checkpoint"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json: not a readable"):
+        load_model(tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_four_utterances(tiny_config, real_clips):
+    torch.manual_seed(0)
+    model = build_model(tiny_config)
+    texts = ["the quick brown fox", "a lazy dog", "river bank near", "jumps over"]
+    feats, feat_lengths = model.features(real_clips)
+    ids, _ = encode_transcripts(model.tokenizer, texts, model.eos_id)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    # The whole tiny decoder trains (its random base cannot be steered by LoRA alone).
+    trainable = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "ctc_head."))]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.0)
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            batch = forward_mask(ids, valid, model.mask_id, full_mask_fraction=1.0,
+                                 generator=torch.Generator().manual_seed(123))
+            return masked_diffusion_loss(model(feats, feat_lengths, batch.noisy), ids, batch, valid, "none").item()
+
+    model.train()
+    before = fixed_loss()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        batch = forward_mask(ids, valid, model.mask_id, generator=gen)
+        loss = masked_diffusion_loss(model(feats, feat_lengths, batch.noisy), ids, batch, valid)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    after = fixed_loss()
+    assert after < before / 10, (before, after)

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from dllm_asr.checkpoint import load_train_state, save_train_state
+from dllm_asr.recipe import apply_overrides, load_train_config, train_config_from_dict
+from dllm_asr.schedule import LRSchedule, Stage, StagePlan, learning_rate
+
+
+def test_warmup_then_cosine_hand_worked():
+    s = LRSchedule(lr=3e-5, warmup_start_lr=1e-6, min_lr=1e-5, warmup_steps=10)
+    assert learning_rate(s, 0, 111) == pytest.approx(1e-6)
+    assert learning_rate(s, 5, 111) == pytest.approx(1e-6 + 0.5 * (3e-5 - 1e-6))
+    assert learning_rate(s, 10, 111) == pytest.approx(3e-5)
+    # half way through the 100-step decay: cos(pi/2) = 0 -> midpoint of lr and min_lr
+    assert learning_rate(s, 60, 111) == pytest.approx(2e-5)
+    assert learning_rate(s, 110, 111) == pytest.approx(1e-5)
+
+
+def test_stage_plan_locates_steps():
+    plan = StagePlan([Stage("a", 3, ("adapter",)), Stage("b", 2, ("adapter", "lora"))])
+    assert plan.total_steps == 5
+    assert [plan.locate(i) for i in range(5)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+
+
+def test_unknown_trainable_part_is_named():
+    with pytest.raises(ValueError, match="decoder"):
+        Stage("x", 1, ("decoder",))
+
+
+def test_recipe_overrides_and_errors(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  adapter:\n    kind: conv\ndata:\n  train: t.jsonl\nstages:\n  - {name: s1, steps: 4, train: [adapter]}\n")
+    cfg = load_train_config(recipe, ["schedule.lr=1e-4", "data.max_batch_size=3", "model.lora.rank=4"])
+    assert cfg.schedule.lr == 1e-4 and cfg.data.max_batch_size == 3 and cfg.model.lora.rank == 4
+    assert cfg.model.adapter.kind == "conv" and cfg.stages[0].train == ("adapter",)
+    with pytest.raises(ValueError, match="r.yaml.*unknown recipe key"):
+        load_train_config(recipe, ["learning_rate=3"])
+    with pytest.raises(ValueError, match="AdapterConfig option"):
+        train_config_from_dict({"model": {"adapter": {"windw": 3}}})
+    with pytest.raises(ValueError, match="key.subkey=value"):
+        apply_overrides({}, ["nonsense"])
+
+
+def test_train_state_round_trip_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "step": 7, "rng": torch.get_rng_state(), "pair": (1, "x")}
+    save_train_state(state, tmp_path)
+    back = load_train_state(tmp_path)
+    assert back["step"] == 7 and back["pair"] == (1, "x")
+    assert torch.equal(back["rng"], state["rng"])
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.5)
+    opt2.load_state_dict(back["optimizer"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt2.state_dict()["state"][0][key], opt.state_dict()["state"][0][key])
+    assert opt2.param_groups[0]["lr"] == 0.1

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from dllm_asr.checkpoint import save_model
+from dllm_asr.cli import main
+from dllm_asr.transcribe import (TranscribeOptions, block_lengths, deliberate_batch, transcribe_batch,
+                                 transcribe_files)
+from tests.conftest import ASSETS, DATA
+
+
+@pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])
+def test_every_strategy_runs_end_to_end(tiny_model, real_clips, strategy):
+    options = TranscribeOptions(strategy=strategy, steps=4, num_blocks=2, length=8)
+    results = transcribe_batch(tiny_model, real_clips[:2], options)
+    assert len(results) == 2
+    # The prior (here the random CTC head's) anchors the block length of prior-guided decoding.
+    limit = tiny_model.config.max_response_tokens if strategy == "prior" else 8
+    for r in results:
+        assert isinstance(r.text, str) and r.nfe >= 1 and len(r.tokens) <= limit
+
+
+def test_batched_rows_equal_single_rows(tiny_model, real_clips):
+    options = TranscribeOptions(strategy="diffusion", steps=4, length=6)
+    batched = transcribe_batch(tiny_model, real_clips, options)
+    for clip, row in zip(real_clips, batched):
+        assert transcribe_batch(tiny_model, [clip], options)[0].tokens == row.tokens
+
+
+def test_block_length_follows_duration(tiny_model, real_clips):
+    sizes = block_lengths(tiny_model, real_clips[:2], TranscribeOptions())
+    # 3.83 s * 6 tokens/s + 8 = 31; half the clip -> 20
+    assert sizes.tolist() == [31, 20]
+
+
+def test_deliberation_keeps_unmasked_prior_tokens(tiny_model, real_clips):
+    prior = "the quick brown fox jumps"
+    ids = tiny_model.tokenizer(prior, add_special_tokens=False)["input_ids"]
+    options = TranscribeOptions(steps=4)
+    out = deliberate_batch(tiny_model, real_clips[:1], [prior], mask="random", ratio=0.4, options=options)[0]
+    kept = [i for i, (a, b) in enumerate(zip(ids, out.tokens)) if a == b]
+    assert len(kept) >= len(ids) - round(0.4 * len(ids))
+    for mask in ("low-confidence", "semi-ar"):
+        for use_audio in (True, False):
+            r = deliberate_batch(tiny_model, real_clips[:1], [prior], mask=mask, ratio=0.4, use_audio=use_audio,
+                                 options=options)[0]
+            assert r.nfe >= 1
+    with pytest.raises(ValueError, match="--mask"):
+        deliberate_batch(tiny_model, real_clips[:1], [prior], mask="everything")
+
+
+def test_bad_file_does_not_kill_the_batch(tiny_model):
+    paths = [ASSETS / "example.wav", DATA / "corrupt.wav", DATA / "empty.wav", DATA / "stereo_44k.flac"]
+    results = transcribe_files(tiny_model, paths, TranscribeOptions(steps=2, length=4), batch_size=4)
+    assert [r.error is None for r in results] == [True, False, False, True]
+    assert "corrupt.wav" in results[1].error and "\n" not in results[1].error
+
+
+def test_cli_transcribe_eval_and_score(tiny_model, tmp_path, capsys):
+    save_model(tiny_model, tmp_path / "ckpt")
+    code = main(["transcribe", "--model", str(tmp_path / "ckpt"), "--steps", "2", "--length", "4",
+                 "--format", "jsonl", str(ASSETS / "example.wav"), str(DATA / "corrupt.wav")])
+    captured = capsys.readouterr()
+    assert code == 0
+    line = json.loads(captured.out.strip().splitlines()[0])
+    assert line["audio"].endswith("example.wav") and line["nfe"] >= 1
+    assert "corrupt.wav" in captured.err
+    manifest = tmp_path / "dev.jsonl"
+    manifest.write_text(json.dumps({"id": "ex", "audio": str(ASSETS / "example.wav"),
+                                    "text": (ASSETS / "example.txt").read_text().strip()}) + "\n")
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "--data", str(manifest), "--steps", "2",
+                 "--length", "4", "--out", str(tmp_path / "eval")]) == 0
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "whisper_english" in report and "RTF" in report
+    hyp = json.loads((tmp_path / "eval" / "hyps.jsonl").read_text())
+    assert hyp["id"] == "ex" and hyp["ref"].startswith("The quick")
+    capsys.readouterr()
+    assert main(["score", str(manifest), str(tmp_path / "eval" / "hyps.jsonl")]) == 0
+    assert "WER" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["transcribe", "--model", str(tmp_path / "missing"), str(ASSETS / "example.wav")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing" in err
