@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
@@ -338,8 +338,7 @@ def plan_batches(sentences_per_split: Mapping[str, list[str]], seen: Sequence[st
                 snr = round(float(rng.uniform(5.0, 30.0)), 2) if rng.random() < noise_fraction else None
                 utterances.append(Utterance(f"{split}-{index:06d}", sentences[index], rt60, snr,
                                             int(rng.integers(2**31))))
-            batches.append(SynthesisBatch(batch.split, batch.engine, batch.voice, batch.speed,
-                                          batch.pitch, tuple(utterances)))
+            batches.append(replace(batch, utterances=tuple(utterances)))
     return batches
 
 
@@ -565,12 +564,12 @@ def build_corpus(out_dir: str | os.PathLike, hours: float | Mapping[str, float] 
     engines. `jobs` worker processes synthesise; the output does not depend on it.
     """
     started = time.time()
-    _check_engines(engines)
     if jobs < 1 or batch_size < 1:
         raise ValueError(f"jobs and batch_size must be >= 1; got jobs={jobs}, batch_size={batch_size}")
     for name, fraction in (("reverb_fraction", reverb_fraction), ("noise_fraction", noise_fraction)):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {fraction}")
+    _check_engines(engines)
     if unseen_voices is None:
         unseen_voices = [v for v in DEFAULT_UNSEEN_VOICES if v.split(":")[0] in engines]
     seen, unseen = split_voices(engines, unseen_voices)

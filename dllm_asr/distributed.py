@@ -40,6 +40,26 @@ class DistContext:
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
             param.grad /= self.world_size
 
+    def mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        """The mean of each number over all processes (every process must pass the same keys)."""
+        if self.world_size == 1:
+            return dict(stats)
+        keys = sorted(stats)
+        values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return {key: float(value) / self.world_size for key, value in zip(keys, values.tolist())}
+
+    def sum_over_processes(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.int64, device=self._comm_device())
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return int(total.item())
+
+    def _comm_device(self) -> torch.device:
+        # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
     def shutdown(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

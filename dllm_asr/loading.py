@@ -68,6 +68,9 @@ def resolve_model_dir(path_or_name: str | Path) -> Path:
     if shipped.is_dir():
         return shipped
     names = sorted(p.name for p in MODELS_DIR.glob("*") if p.is_dir()) if MODELS_DIR.is_dir() else []
+    if str(path_or_name) == DEFAULT_MODEL:
+        raise ValueError(f"the default model {DEFAULT_MODEL} is not trained and shipped yet; pass --model with a "
+                         "checkpoint directory (train one with `dllm-asr train --config RECIPE.yaml`)")
     raise ValueError(f"{path_or_name}: no such checkpoint directory or shipped model "
                      f"(shipped: {', '.join(names) or 'none yet'})")
 

@@ -8,6 +8,9 @@ and the masking noise of each micro-batch is seeded by its global index, so
   and data position are in every checkpoint), and
 * N processes with accumulation A see exactly the micro-batches of 1 process with
   accumulation N*A: the loss curve is the same for the same global batch.
+
+Dropout (LoRA, adapter) draws from the global torch RNG, which is therefore re-seeded from the
+micro-batch index before each forward pass, for the same two reasons.
 """
 
 from __future__ import annotations
@@ -66,12 +69,24 @@ def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig, generator
         noisy = forward_mask(ids, valid, core.mask_id, cfg.mask_eps, cfg.full_mask_fraction, generator)
         logits = core.response_logits(audio, noisy.noisy)
         loss = masked_diffusion_loss(logits, ids, noisy, valid, cfg.loss_weighting)
-    stats["lm_loss"] = float(loss)
+    stats["lm_loss"] = loss.item()
     if core.ctc_head is not None and cfg.ctc_weight > 0 and audio.ctc_log_probs is not None:
         ctc = ctc_loss(audio.ctc_log_probs, audio.encoder_lengths, texts)
-        stats["ctc_loss"] = float(ctc)
+        stats["ctc_loss"] = ctc.item()
         loss = loss + cfg.ctc_weight * ctc
     return loss, stats
+
+
+def micro_batch_seed(seed: int, micro: int) -> int:
+    """The RNG seed of global micro-batch `micro` (masking noise and dropout)."""
+    return (seed * 1_000_003 + micro) % (2**63 - 1)
+
+
+def check_stages(cfg: TrainConfig) -> None:
+    """A stage may train the encoder only when the model config unfreezes it (so it is checkpointed)."""
+    for stage in cfg.stages:
+        if "encoder" in stage.train and cfg.model.encoder.frozen:
+            raise ValueError(f"stage {stage.name!r} trains the encoder, but model.encoder.frozen is true")
 
 
 class Trainer:
@@ -79,6 +94,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        check_stages(cfg)
         self.dist: DistContext = init_distributed(cfg.device)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, device=self.dist.device, dtype=cfg.base_dtype)
@@ -117,7 +133,13 @@ class Trainer:
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["torch_rng"])
         if self.dist.is_main:
+            self.rewrite_log()
             log.info("resumed from %s at step %d", last, self.step)
+
+    def rewrite_log(self) -> None:
+        """train_log.jsonl as of the checkpoint: a killed run may have logged steps past it."""
+        with open(self.out / "train_log.jsonl", "w") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in self.history)
 
     def enter_stage(self, index: int) -> None:
         stage = self.plan.stages[index]
@@ -138,27 +160,42 @@ class Trainer:
         self.model.train()
         if self.cfg.model.encoder.frozen:
             self.model.encoder.eval()
-        totals: dict[str, float] = {}
+        totals = dict.fromkeys(self.stat_names(), 0.0)  # the same keys on every process
         utterances = 0
         for micro in self.loader.micro_indices(self.step):
             audios, texts = self.loader.load(micro)
+            if not texts:  # every clip of this micro-batch was skipped as unreadable
+                continue
             utterances += len(texts)
-            generator = torch.Generator(device=self.dist.device).manual_seed(cfg.seed * 1_000_003 + micro)
-            with torch.autocast(self.dist.device.type, dtype=cfg.autocast_dtype, enabled=cfg.autocast_dtype is not None):
-                loss, stats = micro_batch_loss(self.model, audios, texts, cfg, generator)
-            (loss / cfg.grad_accum).backward()
+            stats = self.micro_step(audios, texts, micro)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
-            totals["loss"] = totals.get("loss", 0.0) + float(loss) / cfg.grad_accum
+        # The logged numbers are means over all processes: the same curve for any process count.
+        totals = self.dist.mean_over_processes(totals)
         trained = [p for p in self.model.parameters() if p.requires_grad]
         self.dist.average_gradients(trained)
         totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         totals["lr"] = lr
-        totals["utterances"] = utterances
+        totals["utterances"] = self.dist.sum_over_processes(utterances)
         self.step += 1
         return totals
+
+    def stat_names(self) -> list[str]:
+        with_ctc = self.model.ctc_head is not None and self.cfg.ctc_weight > 0
+        return ["loss", "lm_loss"] + (["ctc_loss"] if with_ctc else [])
+
+    def micro_step(self, audios, texts, micro: int) -> dict[str, float]:
+        """Forward and backward of one micro-batch (gradients scaled by 1/grad_accum); its stats."""
+        cfg = self.cfg
+        seed = micro_batch_seed(cfg.seed, micro)
+        torch.manual_seed(seed)  # dropout
+        generator = torch.Generator(device=self.dist.device).manual_seed(seed)  # masking noise
+        with torch.autocast(self.dist.device.type, dtype=cfg.autocast_dtype, enabled=cfg.autocast_dtype is not None):
+            loss, stats = micro_batch_loss(self.model, audios, texts, cfg, generator)
+        (loss / cfg.grad_accum).backward()
+        return {**stats, "loss": loss.item()}
 
     def train_state(self) -> dict:
         return {
@@ -184,24 +221,24 @@ class Trainer:
                                 warmup=False)
         return report.wer
 
-    def log(self, stats: dict[str, float]) -> None:
+    def log(self, stats: dict[str, float], group: str = "train") -> None:
+        """Append {"step", **stats} to the history, train_log.jsonl and TensorBoard (`group`/key)."""
         record = {"step": self.step, **stats}
         self.history.append(record)
         if self.writer is not None:
             for key, value in stats.items():
-                self.writer.add_scalar(f"train/{key}", value, self.step)
+                self.writer.add_scalar(f"{group}/{key}", value, self.step)
+            self.writer.flush()
         with open(self.out / "train_log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def checkpoint(self, final: bool) -> None:
+    def checkpoint(self) -> None:
         """Dev-evaluate, keep the best-by-dev-WER and the last checkpoint (main process only)."""
         cfg = self.cfg
         if self.dist.is_main:
             wer = self.evaluate_dev()
             if wer is not None:
-                self.history.append({"step": self.step, "dev_wer": wer})
-                if self.writer is not None:
-                    self.writer.add_scalar("dev/wer", wer, self.step)
+                self.log({"dev_wer": wer}, group="dev")
                 log.info("step %d: dev WER %.2f%% (whisper_english normaliser)", self.step, 100 * wer)
                 if wer < self.best_wer:
                     self.best_wer = wer
@@ -223,16 +260,19 @@ def train(cfg: TrainConfig) -> Path:
     started, done_utts = time.perf_counter(), 0
     while trainer.step < total:
         stats = trainer.train_step()
-        done_utts += stats["utterances"] * trainer.dist.world_size
+        done_utts += stats["utterances"]  # already summed over processes
         stats["utt_per_s"] = done_utts / max(time.perf_counter() - started, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", utt_s=f"{stats['utt_per_s']:.1f}")
         if trainer.dist.is_main and (trainer.step % cfg.log_every == 0 or trainer.step == total):
             trainer.log(stats)
-        if trainer.step % cfg.save_every == 0 or trainer.step == total:
-            trainer.checkpoint(final=trainer.step == total)
-        if cfg.stop_after_steps and trainer.step >= cfg.stop_after_steps:
+        stopping = bool(cfg.stop_after_steps) and trainer.step >= cfg.stop_after_steps
+        if trainer.step % cfg.save_every == 0 or trainer.step == total or stopping:
+            trainer.checkpoint()
+        if stopping:
             break
     bar.close()
+    if trainer.writer is not None:
+        trainer.writer.close()
     trainer.dist.shutdown()
     return out

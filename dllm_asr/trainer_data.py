@@ -54,7 +54,7 @@ class MicroBatchLoader:
     def __init__(self, cfg, dist):
         data = cfg.data
         utterances = load_dataset(data.train, on_error=data.on_error)
-        durations = utterance_durations(utterances)
+        durations = utterance_durations(utterances, on_error=data.on_error)
         sampler = DurationBatchSampler(durations, max_batch_seconds=data.max_batch_seconds,
                                        max_batch_size=data.max_batch_size, seed=cfg.seed)
         augment = Augmenter(AugmentConfig(**data.augment)) if data.augment else None

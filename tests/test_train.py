@@ -1,0 +1,166 @@
+"""End-to-end training on a tiny random SpeechLLM: stages, checkpoints, exact resume,
+multi-process equivalence, bad data and the shipped CPU recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from conftest import ASSETS, DATA, tiny_model_config
+from safetensors.torch import load_file
+
+from dllm_asr import cli
+from dllm_asr.audio import load_audio
+from dllm_asr.loading import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 16000
+
+
+def write_clips(root: Path) -> Path:
+    """Six real-speech clips (slices and splices of the test audio) and a JSONL manifest."""
+    example = load_audio(ASSETS / "example.wav")
+    stereo = load_audio(DATA / "stereo_44k.flac")
+    clips = {
+        "a": (example[: int(1.2 * SR)], "hello there"),
+        "b": (example[int(1.2 * SR):int(2.6 * SR)], "good morning"),
+        "c": (stereo, "this is a test"),
+        "d": (np.concatenate([example[:SR], stereo[: SR // 2]]), "one two three"),
+        "e": (stereo[:SR], "yes"),
+        "f": (example[int(2.0 * SR):int(3.2 * SR)], "thank you very much"),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.jsonl", "w") as manifest:
+        for name, (wave, text) in clips.items():
+            soundfile.write(root / f"{name}.wav", wave, SR)
+            manifest.write(json.dumps({"id": name, "audio": f"{name}.wav", "text": text}) + "\n")
+    return root / "train.jsonl"
+
+
+def tiny_recipe() -> dict:
+    """The tiny model in two stages of 3 steps; LoRA dropout stays on (its RNG must be exact)."""
+    model = json.loads(json.dumps(tiny_model_config().to_dict()))  # tuples -> lists for YAML
+    return {
+        "model": model,
+        "data": {"max_batch_size": 2, "max_batch_seconds": 8.0, "dev_max_utterances": 3},
+        "stages": [{"name": "adapter", "steps": 3, "train": ["adapter", "ctc_head"]},
+                   {"name": "lora", "steps": 3, "train": ["adapter", "lora"]}],
+        "schedule": {"lr": 3e-3, "warmup_start_lr": 1e-4, "min_lr": 1e-3, "warmup_steps": 1},
+        "eval": {"strategy": "diffusion", "steps": 2, "length": 8},
+        "log_every": 1,
+        "save_every": 3,
+        "device": "cpu",
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_clips(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe()))
+    return path
+
+
+def run_train(recipe: Path, out: Path, data: Path, *overrides: str) -> int:
+    args = [f"output_dir={out}", f"data.train={data}", f"data.dev={data}", *overrides]
+    return cli.main(["train", "--config", str(recipe), *args])
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_log(out) if "loss" in r}
+
+
+def deltas(out: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoints" / name / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, recipe_file, tiny_data) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    assert run_train(recipe_file, out, tiny_data) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, recipe_file, tiny_data) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A run stopped ("killed") after step 3, then resumed to the end; also its step-3 deltas."""
+    out = tmp_path_factory.mktemp("resumed")
+    assert run_train(recipe_file, out, tiny_data, "stop_after_steps=3") == 0
+    at_step_3 = deltas(out)
+    assert max(losses(out)) == 3
+    assert run_train(recipe_file, out, tiny_data) == 0
+    return out, at_step_3
+
+
+def test_training_writes_loadable_checkpoints_and_logs(full_run):
+    for name in ("last", "best"):
+        model = load_model(full_run / "checkpoints" / name)
+        assert model.ctc_head is not None
+    curve = losses(full_run)
+    assert sorted(curve) == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(v) and v > 0 for v in curve.values())
+    records = read_log(full_run)
+    assert [r["step"] for r in records if "dev_wer" in r] == [3, 6]
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert lrs[1] == lrs[4] == pytest.approx(1e-4)  # each stage warms up from warmup_start_lr
+    assert lrs[2] == lrs[5] == pytest.approx(3e-3)
+
+
+def test_stages_switch_trained_parts(full_run, resumed_run):
+    _, at_step_3 = resumed_run
+    final = deltas(full_run)
+    lora_b = [name for name in final if "lora_B" in name]
+    assert lora_b and all(torch.count_nonzero(at_step_3[n]) == 0 for n in lora_b)  # stage 1: LoRA untouched
+    assert all(torch.count_nonzero(final[n]) > 0 for n in lora_b)  # stage 2 trains it
+    for name in final:
+        if name.startswith("ctc_head."):  # trained in stage 1, frozen in stage 2
+            assert not torch.equal(at_step_3[name], load_file_initial(name))
+            torch.testing.assert_close(final[name], at_step_3[name], rtol=0, atol=0)
+        if name.startswith("adapter."):
+            assert not torch.equal(final[name], at_step_3[name])
+
+
+def load_file_initial(name: str) -> torch.Tensor:
+    """The freshly initialised value of a trained parameter (train seeds 0 before building)."""
+    from dllm_asr.loading import build_model
+
+    torch.manual_seed(0)
+    return dict(build_model(tiny_model_config()).named_parameters())[name].detach()
+
+
+def test_resume_after_kill_is_exact(full_run, resumed_run):
+    out, _ = resumed_run
+    expected, got = deltas(full_run), deltas(out)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7)
+    full, resumed = losses(full_run), losses(out)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # the log is continued, not restarted
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=0)
+
+
+def test_tensorboard_events_are_written(full_run):
+    events = list((full_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(full_run / "tensorboard")).Reload().Tags()["scalars"]
+    assert {"train/loss", "train/lr", "dev/dev_wer"} <= set(tags)
