@@ -123,21 +123,44 @@ class SpeechLLM(nn.Module):
             lengths = torch.full((batch,), length, device=tokens.device)
         response = self.decoder.embed(tokens)
         embeds, mask, positions = self.pack(audio, response, lengths)
-        logits = self.decoder(embeds, mask, positions, causal=causal)
         if causal:
-            return logits[:, -length - 1:-1]
-        return logits[:, -length:]
+            return self.decoder(embeds, mask, positions, causal=True, num_logits=length + 1)[:, :-1]
+        return self.decoder(embeds, mask, positions, num_logits=length)
 
     def forward(self, features: Tensor, feature_lengths: Tensor, tokens: Tensor,
                 lengths: Tensor | None = None, causal: bool = False) -> Tensor:
         """Audio features (B, n_mels, T) + response tokens (B, L) -> response logits (B, L, V)."""
         return self.response_logits(self.encode(features, feature_lengths), tokens, lengths, causal)
 
-    def mask_predictor(self, audio: AudioContext) -> Callable[..., Tensor]:
-        """A mask predictor for `dllm_asr.decoding.decode` with this batch's audio bound inside."""
+    def mask_predictor(self, audio: AudioContext, prefix_cache: bool = False) -> Callable[..., Tensor]:
+        """A mask predictor for `dllm_asr.decoding.decode` with this batch's audio bound inside.
+
+        prefix_cache=True (Fast-dLLM, PAPERS.md 3d): the `[prompt | audio]` keys/values of every
+        layer are computed once here, and each call runs only the response positions against
+        them; the prefix then no longer sees the response (exact for a one-layer decoder only).
+        """
+        if prefix_cache:
+            return self._cached_mask_predictor(audio)
 
         def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
             return self.response_logits(audio.select(rows.to(audio.lengths.device)), tokens, lengths)
+
+        return predict
+
+    def _cached_mask_predictor(self, audio: AudioContext) -> Callable[..., Tensor]:
+        if not hasattr(self.decoder, "compute_prefix_cache"):
+            raise ValueError(f"prefix_cache: decoder {getattr(self.decoder, 'name', type(self.decoder).__name__)} "
+                             "does not support a prefix key/value cache")
+        embeds, mask = self.prefix(audio)
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        cache = self.decoder.compute_prefix_cache(embeds, mask, positions)
+
+        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
+            """tokens (B', L) of the rows `rows` (B',), lengths (B',) -> logits (B', L, V)."""
+            rows = rows.to(mask.device)
+            response_mask = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
+            response = self.decoder.embed(tokens)
+            return self.decoder.forward_with_prefix_cache(response, response_mask, cache.select(rows))
 
         return predict
 

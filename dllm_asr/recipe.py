@@ -135,8 +135,20 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return TrainConfig(model=model, data=data_settings, stages=stages, schedule=schedule, **data)
 
 
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def resolve_recipe(path_or_name: str | Path) -> Path:
+    """A recipe file: an existing path, else the name of a recipe shipped in dllm_asr/recipes/."""
+    path = Path(path_or_name)
+    shipped = RECIPES_DIR / f"{path_or_name}.yaml"
+    return shipped if not path.exists() and shipped.is_file() else path
+
+
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a recipe YAML, apply overrides, and validate it; errors name the file."""
+    """Read a recipe YAML (a path or a shipped recipe's name), apply overrides, and validate it;
+    errors name the file."""
+    path = resolve_recipe(path)
     try:
         data = read_yaml(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:

@@ -41,18 +41,21 @@ log = logging.getLogger("dllm_asr.train")
 
 def set_trainable(model: SpeechLLM, parts: tuple[str, ...]) -> list[nn.Parameter]:
     """Freeze everything but `parts` (adapter, ctc_head, lora, encoder); returns the trained parameters."""
-    trained = []
+    trained, found = [], set()
     for name, param in model.named_parameters():
         part = "lora" if "lora_" in name else name.split(".")[0]
         param.requires_grad_(part in parts)
         if param.requires_grad:
             trained.append(param)
-    if not trained:
-        raise ValueError(f"stage trains {parts}, but the model has no such parameters")
+            found.add(part)
+    missing = sorted(set(parts) - found)
+    if missing:  # e.g. "lora" with lora.enabled false: say so rather than train less than asked
+        raise ValueError(f"stage trains {', '.join(missing)}, but the model has no such parameters")
     return trained
 
 
-def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig,
+                     generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
     """The loss of one micro-batch: masked diffusion (or next-token) plus the weighted CTC loss."""
     feats, feat_lengths = core.features(audios)
     audio = core.encode(feats, feat_lengths)
@@ -234,7 +237,6 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Dev-evaluate, keep the best-by-dev-WER and the last checkpoint (main process only)."""
-        cfg = self.cfg
         if self.dist.is_main:
             wer = self.evaluate_dev()
             if wer is not None:
@@ -255,22 +257,22 @@ def train(cfg: TrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     trainer.resume_if_possible()
-    total = trainer.plan.total_steps
-    bar = tqdm(total=total, initial=trainer.step, disable=not trainer.dist.is_main, desc="train", unit="step")
+    # stop_after_steps ends a time-boxed run early, with a checkpoint to resume from.
+    end = min(trainer.plan.total_steps, cfg.stop_after_steps or trainer.plan.total_steps)
+    bar = tqdm(total=trainer.plan.total_steps, initial=trainer.step, disable=not trainer.dist.is_main,
+               desc="train", unit="step")
     started, done_utts = time.perf_counter(), 0
-    while trainer.step < total:
+    while trainer.step < end:
         stats = trainer.train_step()
         done_utts += stats["utterances"]  # already summed over processes
         stats["utt_per_s"] = done_utts / max(time.perf_counter() - started, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", utt_s=f"{stats['utt_per_s']:.1f}")
-        if trainer.dist.is_main and (trainer.step % cfg.log_every == 0 or trainer.step == total):
+        at_end = trainer.step == end
+        if trainer.dist.is_main and (trainer.step % cfg.log_every == 0 or at_end):
             trainer.log(stats)
-        stopping = bool(cfg.stop_after_steps) and trainer.step >= cfg.stop_after_steps
-        if trainer.step % cfg.save_every == 0 or trainer.step == total or stopping:
+        if trainer.step % cfg.save_every == 0 or at_end:
             trainer.checkpoint()
-        if stopping:
-            break
     bar.close()
     if trainer.writer is not None:
         trainer.writer.close()

@@ -56,6 +56,8 @@ class TranscribeOptions:
     """AR strategy: beam width (1 = greedy)."""
     trace: bool = False
     """Keep the block after every step (for visualisation)."""
+    prefix_cache: bool = False
+    """Cache the prompt+audio keys/values once per batch (Fast-dLLM; approximate, faster)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -135,7 +137,7 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
         rows = ar_generate(model.decoder, embeds, mask, max_new, options.num_beams, model.eos_id)
         return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r))
                 for r in rows]
-    predictor = model.mask_predictor(audio)
+    predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
     if options.strategy == "prior":
         texts = list(priors) if priors is not None else ctc_priors(model, audio)
         cap = max(1, model.config.max_response_tokens - options.margin)
@@ -170,7 +172,7 @@ def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Seq
     audio = model.encode_audio(audios)
     if not use_audio:
         audio = text_only(audio)
-    predictor = model.mask_predictor(audio)
+    predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
     prior, lengths = tokenize_texts(model, priors)
     options = replace(options, strategy="diffusion")
     if mask == "semi-ar":

@@ -33,4 +33,6 @@ def test_bench_writes_table_csv_and_plot(tiny_model, tmp_path):
 def test_default_grid_covers_the_papers_axes():
     strategies = {run.get("strategy") for run in DEFAULT_GRID}
     assert {"diffusion", "semi-ar", "threshold", "prior"} <= strategies
-    assert sorted(run["steps"] for run in DEFAULT_GRID if run.get("strategy") == "diffusion") == [1, 8, 32, 64]
+    assert sorted(run["steps"] for run in DEFAULT_GRID if run.get("strategy") == "diffusion"
+                  and not run.get("prefix_cache")) == [1, 8, 32, 64]
+    assert any(run.get("prefix_cache") for run in DEFAULT_GRID)

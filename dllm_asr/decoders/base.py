@@ -40,8 +40,10 @@ class DecoderLM(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         causal: bool = False,
+        num_logits: int | None = None,
     ) -> torch.Tensor:
-        """Logits (B, S, V) for inputs_embeds (B, S, D).
+        """Logits (B, S, V) for inputs_embeds (B, S, D); with ``num_logits``, only the last
+        ``num_logits`` positions' logits (B, num_logits, V).
 
         attention_mask (B, S) bool is the key-padding mask (True at real positions);
         position_ids (B, S) long are the RoPE positions (see ``position_ids_from_mask``).

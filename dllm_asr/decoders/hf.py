@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .base import DecoderLM, DecoderLoadError, attention_mask_4d, resolve_dtype
-from .llada import load_tokenizer
+from .llada import PrefixCache, cached_attention_mask, load_tokenizer, response_positions
 
 MASK_TOKEN = "<|mask|>"
 # The response ends with <|im_end|>: SmolLM2-Instruct closes every chat turn with it and its
@@ -155,14 +155,49 @@ class HFDecoder(DecoderLM):
         return self.hf_model.get_input_embeddings()(ids)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        """inputs_embeds (B, S, D), attention_mask (B, S) bool, position_ids (B, S) -> logits (B, S, V)."""
+                position_ids: torch.Tensor, causal: bool = False, num_logits: int | None = None) -> torch.Tensor:
+        """inputs_embeds (B, S, D), attention_mask (B, S) bool, position_ids (B, S) -> logits (B, S, V),
+        or (B, num_logits, V) for the last `num_logits` positions only (the LM head is costly)."""
         allowed = attention_mask_4d(attention_mask.to(inputs_embeds.device), causal)
-        additive = torch.zeros(allowed.shape, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
-        additive.masked_fill_(~allowed, torch.finfo(inputs_embeds.dtype).min)
-        out = self.hf_model(inputs_embeds=inputs_embeds, attention_mask=additive, position_ids=position_ids,
-                            use_cache=False)
+        out = self.hf_model(inputs_embeds=inputs_embeds, attention_mask=_additive(allowed, inputs_embeds.dtype),
+                            position_ids=position_ids, use_cache=False, logits_to_keep=num_logits or 0)
         return out.logits
+
+    def compute_prefix_cache(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             position_ids: torch.Tensor) -> PrefixCache:
+        """Run the left-padded prefix (B, P, D) alone, bidirectionally, through the transformer body
+        (no LM head) and keep every layer's keys/values from transformers' DynamicCache."""
+        from transformers import DynamicCache
+
+        mask = attention_mask.bool().to(inputs_embeds.device)
+        past = DynamicCache(config=self.hf_model.config)
+        additive = _additive(attention_mask_4d(mask, causal=False), inputs_embeds.dtype)
+        self.hf_model.model(inputs_embeds=inputs_embeds, attention_mask=additive, position_ids=position_ids,
+                            past_key_values=past, use_cache=True)
+        keys = [layer.keys for layer in past.layers]
+        values = [layer.values for layer in past.layers]
+        return PrefixCache(keys, values, mask, mask.long().sum(dim=1))
+
+    def forward_with_prefix_cache(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                                  cache: PrefixCache) -> torch.Tensor:
+        """Logits (B, L, V) of a response block (B, L, D) with key padding ``attention_mask`` (B, L),
+        attending to ``cache`` and to itself. A fresh DynamicCache per call: its updates concatenate
+        into new tensors, so the shared prefix tensors are never modified."""
+        from transformers import DynamicCache
+
+        response_mask = attention_mask.bool().to(inputs_embeds.device)
+        past = DynamicCache(ddp_cache_data=list(zip(cache.keys, cache.values)), config=self.hf_model.config)
+        additive = _additive(cached_attention_mask(cache.mask, response_mask), inputs_embeds.dtype)
+        out = self.hf_model(inputs_embeds=inputs_embeds, attention_mask=additive,
+                            position_ids=response_positions(cache.lengths, response_mask),
+                            past_key_values=past, use_cache=True)
+        return out.logits
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean SDPA mask -> additive mask in ``dtype`` (0 allowed, dtype-min blocked)."""
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return additive.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def _load_hf_dir(directory: Path, dtype: torch.dtype, device: torch.device):

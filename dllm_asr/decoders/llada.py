@@ -151,23 +151,67 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, hidden, bias=config.include_bias)
         self.ff_out = nn.Linear(hidden, d, bias=config.include_bias)
 
-    def attention(self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """x (B, S, D) -> (output (B, S, D), this segment's keys and values (B, kv_heads, S, hd)).
+
+        ``past``: cached keys/values (B, kv_heads, P, hd) of a prefix, placed before x's own;
+        mask is then (B, 1, S, P + S)."""
         batch, seq, _ = x.shape
         cfg = self.config
         q = self.q_proj(x).view(batch, seq, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
         if cfg.kv_heads != cfg.n_heads:  # grouped-query attention: kv head j serves a run of q heads
             group = cfg.n_heads // cfg.kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.attn_out(out.transpose(1, 2).reshape(batch, seq, cfg.d_model))
+            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.attn_out(out.transpose(1, 2).reshape(batch, seq, cfg.d_model)), (k, v)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = h + self.attention(self.attn_norm(h), mask, cos, sin)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """h (B, S, D) -> (h (B, S, D), this segment's keys/values); see ``attention``."""
+        attended, key_values = self.attention(self.attn_norm(h), mask, cos, sin, past)
+        h = h + attended
         x = self.ff_norm(h)
-        return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
+        return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x)), key_values
+
+
+@dataclass
+class PrefixCache:
+    """Keys and values of every layer for a left-padded prefix, computed once per decode call.
+
+    keys[i], values[i]: (B, kv_heads, P, hd) after RoPE; mask (B, P) bool key padding;
+    lengths (B,) real prefix positions (the response's RoPE positions start there)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+    def select(self, rows: torch.Tensor) -> PrefixCache:
+        """The cache of the sub-batch ``rows`` (B',)."""
+        return PrefixCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows],
+                           self.lengths[rows])
+
+
+def cached_attention_mask(prefix_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (B, 1, L, P + L) of response queries over [prefix | response] keys: every real
+    key, bidirectionally, plus each query's own key (so padded queries never see an empty row)."""
+    keys = torch.cat([prefix_mask, response_mask], dim=1).bool()
+    length, prefix = response_mask.shape[1], prefix_mask.shape[1]
+    allowed = keys[:, None, None, :].expand(-1, 1, length, -1).clone()
+    allowed[..., prefix:] |= torch.eye(length, dtype=torch.bool, device=keys.device)
+    return allowed
+
+
+def response_positions(prefix_lengths: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions (B, L) of a response after a prefix of ``prefix_lengths`` (B,) real tokens:
+    the same values ``position_ids_from_mask`` gives over the whole packed row."""
+    counts = prefix_lengths.to(response_mask.device)[:, None] + response_mask.long().cumsum(dim=1)
+    return (counts - 1).clamp(min=0)
 
 
 class LLaDADecoder(DecoderLM):
@@ -215,19 +259,54 @@ class LLaDADecoder(DecoderLM):
         return self.model.transformer["wte"](ids)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        """inputs_embeds (B, S, D), attention_mask (B, S) bool, position_ids (B, S) -> logits (B, S, V)."""
+                position_ids: torch.Tensor, causal: bool = False, num_logits: int | None = None) -> torch.Tensor:
+        """inputs_embeds (B, S, D), attention_mask (B, S) bool, position_ids (B, S) -> logits (B, S, V),
+        or (B, num_logits, V) for the last `num_logits` positions only (the LM head is costly)."""
         tr = self.model.transformer
         mask = attention_mask_4d(attention_mask, causal).to(inputs_embeds.device)
-        rope_dtype = torch.promote_types(inputs_embeds.dtype, torch.float32)  # RoPE in full precision
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, rope_dtype)
+        cos, sin = self._rope(position_ids, inputs_embeds)
         h = inputs_embeds
         for block in tr["blocks"]:
-            h = block(h, mask, cos, sin)
+            h, _ = block(h, mask, cos, sin)
+        return self.head(h if num_logits is None else h[:, h.shape[1] - num_logits:])
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, S, D) -> logits (B, S, V)."""
+        tr = self.model.transformer
         h = tr["ln_f"](h)
         if self.config.weight_tying:
             return F.linear(h, tr["wte"].weight)
         return tr["ff_out"](h)
+
+    def _rope(self, position_ids: torch.Tensor, like: torch.Tensor):
+        rope_dtype = torch.promote_types(like.dtype, torch.float32)  # RoPE in full precision
+        return rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, rope_dtype)
+
+    def compute_prefix_cache(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             position_ids: torch.Tensor) -> PrefixCache:
+        """Run the left-padded prefix (B, P, D) alone (bidirectional, key padding ``attention_mask``
+        (B, P)) and keep every layer's keys/values. The prefix never sees the response: the
+        Fast-dLLM approximation, exact for a one-layer network."""
+        mask = attention_mask_4d(attention_mask, causal=False).to(inputs_embeds.device)
+        cos, sin = self._rope(position_ids, inputs_embeds)
+        keys, values, h = [], [], inputs_embeds
+        for block in self.model.transformer["blocks"]:
+            h, (k, v) = block(h, mask, cos, sin)
+            keys.append(k)
+            values.append(v)
+        return PrefixCache(keys, values, attention_mask.bool(), attention_mask.long().sum(dim=1))
+
+    def forward_with_prefix_cache(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                                  cache: PrefixCache) -> torch.Tensor:
+        """Logits (B, L, V) of a response block (B, L, D) with key padding ``attention_mask`` (B, L),
+        attending to ``cache`` (same B rows) and to itself, bidirectionally."""
+        response_mask = attention_mask.bool().to(inputs_embeds.device)
+        mask = cached_attention_mask(cache.mask, response_mask)
+        cos, sin = self._rope(response_positions(cache.lengths, response_mask), inputs_embeds)
+        h = inputs_embeds
+        for block, k, v in zip(self.model.transformer["blocks"], cache.keys, cache.values):
+            h, _ = block(h, mask, cos, sin, past=(k, v))
+        return self.head(h)
 
 
 def _token_id(tokenizer, token: str) -> int | None:
