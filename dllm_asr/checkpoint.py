@@ -2,7 +2,7 @@
 
 A model checkpoint directory holds
     config.json          the ModelConfig (rebuilds the model; base weights referenced by name/dir)
-    model.safetensors    the trained deltas only: adapter, CTC head, LoRA (and the encoder if unfrozen)
+    model.safetensors    the trained deltas only: adapter, CTC head, LoRA (and encoder/decoder if unfrozen)
 A training checkpoint adds
     train_state.safetensors + train_state.json   optimiser, scheduler, RNG and data position
 """
@@ -27,12 +27,11 @@ STATE_JSON = "train_state.json"
 
 def delta_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters a checkpoint stores: everything not part of a frozen base model."""
-    keep_encoder = not model.config.encoder.frozen
+    unfrozen = tuple(f"{part}." for part in ("encoder", "decoder")
+                     if not getattr(model.config, part).frozen)
     names = []
     for name, _ in model.named_parameters():
-        if name.startswith(("adapter.", "ctc_head.")) or "lora_" in name:
-            names.append(name)
-        elif keep_encoder and name.startswith("encoder."):
+        if name.startswith(("adapter.", "ctc_head.") + unfrozen) or "lora_" in name:
             names.append(name)
     return names
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-TRAINABLE_PARTS = ("adapter", "ctc_head", "lora", "encoder")
+TRAINABLE_PARTS = ("adapter", "ctc_head", "lora", "encoder", "decoder")
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Stage:
     steps: int = 1000
     """Optimiser steps in this stage."""
     train: tuple[str, ...] = ("adapter", "ctc_head", "lora")
-    """Parts trained in this stage, from: adapter, ctc_head, lora, encoder."""
+    """Parts trained in this stage, from: adapter, ctc_head, lora, encoder, decoder (its base weights)."""
 
     def __post_init__(self) -> None:
         self.train = tuple(self.train)

@@ -86,10 +86,11 @@ def micro_batch_seed(seed: int, micro: int) -> int:
 
 
 def check_stages(cfg: TrainConfig) -> None:
-    """A stage may train the encoder only when the model config unfreezes it (so it is checkpointed)."""
+    """A stage may train the encoder/decoder only when the model config unfreezes it (so it is checkpointed)."""
     for stage in cfg.stages:
-        if "encoder" in stage.train and cfg.model.encoder.frozen:
-            raise ValueError(f"stage {stage.name!r} trains the encoder, but model.encoder.frozen is true")
+        for part in ("encoder", "decoder"):
+            if part in stage.train and getattr(cfg.model, part).frozen:
+                raise ValueError(f"stage {stage.name!r} trains the {part}, but model.{part}.frozen is true")
 
 
 class Trainer:

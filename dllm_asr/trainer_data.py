@@ -55,8 +55,10 @@ class MicroBatchLoader:
         data = cfg.data
         utterances = load_dataset(data.train, on_error=data.on_error)
         durations = utterance_durations(utterances, on_error=data.on_error)
+        # Each duration bucket should hold at least a full batch, or small sets train on tiny batches.
+        buckets = max(1, min(10, len(utterances) // (2 * data.max_batch_size)))
         sampler = DurationBatchSampler(durations, max_batch_seconds=data.max_batch_seconds,
-                                       max_batch_size=data.max_batch_size, seed=cfg.seed)
+                                       max_batch_size=data.max_batch_size, num_buckets=buckets, seed=cfg.seed)
         augment = Augmenter(AugmentConfig(**data.augment)) if data.augment else None
         dataset = AudioDataset(utterances, on_error=data.on_error, augment=augment, seed=cfg.seed)
         self.micro_batches = MicroBatchDataset(dataset, sampler)
