@@ -82,15 +82,20 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        ax.scatter(r["rtf"], 100 * r["wer"])
-        ax.annotate(r["name"], (r["rtf"], 100 * r["wer"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^v<>ph*"
+    for index, r in enumerate(rows):  # a legend, not annotations: close points would overprint
+        ax.scatter(r["rtf"], 100 * r["wer"], marker=markers[index % len(markers)], s=40, label=r["name"])
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("RTF (log scale, lower is faster)")
     ax.set_ylabel("WER % (Whisper English normaliser)")
     ax.set_title("WER versus real-time factor")
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out / "wer_vs_rtf.png", dpi=120)
     plt.close(fig)

@@ -64,6 +64,9 @@ class DecoderConfig:
     """A short name ("smollm2-135m"), a checkpoint directory, or "random" (tests)."""
     random_config: dict[str, Any] = field(default_factory=dict)
     """Config fields used when source == "random"."""
+    num_layers: int | None = None
+    """Keep only the first N pretrained layers (a decoder slice: cheaper, e.g. for CPU runs);
+    None keeps them all."""
     frozen: bool = True
     """Freeze the decoder's base weights (train LoRA only, as both papers do). False allows a stage
     to fine-tune the whole decoder (small decoders); its weights are then stored in checkpoints."""

@@ -49,6 +49,8 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu",
     encoder = build_encoder(config, dtype)
     decoder = load_decoder(config.decoder.kind, config.decoder.source, dtype=dtype,
                            random_config=config.decoder.random_config)
+    if config.decoder.num_layers is not None:
+        decoder.keep_first_layers(config.decoder.num_layers)
     for part in (encoder, decoder):
         part.requires_grad_(False)
     adapter = build_adapter(config.adapter, encoder.d_model, decoder.hidden_size)

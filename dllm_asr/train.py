@@ -1,7 +1,7 @@
 """Training: `dllm-asr train --config RECIPE.yaml [key=value ...]`.
 
-One loop for one CPU, one GPU or many (torchrun / accelerate launch set the usual env vars and
-this file uses DDP over them). The data order is a pure function of (seed, micro-batch index),
+One loop for one CPU, one GPU or many (torchrun / accelerate launch set the usual env vars; the
+trained deltas' gradients are averaged over processes after each backward, as DDP would). The data order is a pure function of (seed, micro-batch index),
 and the masking noise of each micro-batch is seeded by its global index, so
 
 * a resumed run continues exactly where the killed one saved (model, optimiser, schedule, RNG
@@ -40,7 +40,7 @@ log = logging.getLogger("dllm_asr.train")
 
 
 def set_trainable(model: SpeechLLM, parts: tuple[str, ...]) -> list[nn.Parameter]:
-    """Freeze everything but `parts` (adapter, ctc_head, lora, encoder); returns the trained parameters."""
+    """Freeze everything but `parts` (adapter, ctc_head, lora, encoder, decoder); returns the trained parameters."""
     trained, found = [], set()
     for name, param in model.named_parameters():
         part = "lora" if "lora_" in name else name.split(".")[0]

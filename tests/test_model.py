@@ -115,3 +115,22 @@ def test_num_logits_equals_slicing_the_full_logits(kind, tmp_path):
     for causal in (False, True):
         full = decoder(embeds, mask, positions, causal=causal)
         torch.testing.assert_close(decoder(embeds, mask, positions, causal=causal, num_logits=4), full[:, -4:])
+
+
+def test_decoder_slice_keeps_the_first_pretrained_layers(tiny_config, tmp_path):
+    import dataclasses
+
+    from dllm_asr.config import DecoderConfig
+
+    full = build_model(tiny_config)
+    sliced_config = dataclasses.replace(tiny_config, decoder=dataclasses.replace(tiny_config.decoder, num_layers=1))
+    sliced = build_model(sliced_config)
+    assert sliced.decoder.num_layers == 1
+    kept = dict(sliced.decoder.named_parameters())
+    for name, param in full.decoder.named_parameters():
+        if name in kept:
+            assert torch.equal(param, kept[name]), name
+    assert not any(".blocks.1." in name for name in kept)
+    bad = dataclasses.replace(tiny_config, decoder=DecoderConfig(**{**vars(tiny_config.decoder), "num_layers": 5}))
+    with pytest.raises(ValueError, match="decoder.num_layers"):
+        build_model(bad)

@@ -51,6 +51,11 @@ class DecoderLM(nn.Module):
         """
         raise NotImplementedError
 
+    def keep_first_layers(self, count: int) -> None:
+        """Drop every transformer layer after the first ``count`` (a decoder slice: cheaper, for
+        CPU runs; the layers kept are exactly the pretrained ones)."""
+        raise NotImplementedError(f"{self.name}: no decoder slicing")
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -58,6 +63,12 @@ class DecoderLM(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def check_slice(count: int, available: int, name: str) -> None:
+    """``count`` must be between 1 and the decoder's number of layers."""
+    if not 1 <= count <= available:
+        raise ValueError(f"decoder.num_layers: {name} has {available} layers, cannot keep {count}")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

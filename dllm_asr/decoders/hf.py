@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import DecoderLM, DecoderLoadError, attention_mask_4d, resolve_dtype
+from .base import DecoderLM, DecoderLoadError, attention_mask_4d, check_slice, resolve_dtype
 from .llada import PrefixCache, cached_attention_mask, load_tokenizer, response_positions
 
 MASK_TOKEN = "<|mask|>"
@@ -149,6 +149,16 @@ class HFDecoder(DecoderLM):
         self.hidden_size = int(hf_model.config.hidden_size)
         self.num_layers = int(hf_model.config.num_hidden_layers)
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
+
+    def keep_first_layers(self, count: int) -> None:
+        layers = self.hf_model.model.layers
+        check_slice(count, len(layers), self.name)
+        self.hf_model.model.layers = nn.ModuleList(list(layers)[:count])
+        config = self.hf_model.config
+        config.num_hidden_layers = count
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:count]
+        self.num_layers = count
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, S) -> embeddings (B, S, hidden_size)."""

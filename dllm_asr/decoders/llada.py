@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DecoderLM, DecoderLoadError, attention_mask_4d, resolve_dtype
+from .base import DecoderLM, DecoderLoadError, attention_mask_4d, check_slice, resolve_dtype
 
 # Used only when config.json lacks the fields (they are the LLaDA-8B tokenizer's ids).
 LLADA_DEFAULT_MASK_ID = 126336  # <|mdm_mask|>
@@ -253,6 +254,13 @@ class LLaDADecoder(DecoderLM):
                     noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
                     param.copy_(noise * self.config.init_std)
         return self
+
+    def keep_first_layers(self, count: int) -> None:
+        blocks = self.model.transformer["blocks"]
+        check_slice(count, len(blocks), self.name)
+        self.model.transformer["blocks"] = nn.ModuleList(list(blocks)[:count])
+        self.config = dataclasses.replace(self.config, n_layers=count)
+        self.num_layers = count
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, S) -> embeddings (B, S, d_model)."""

@@ -1,0 +1,79 @@
+"""`python -m dllm_asr.report`: regenerate docs/results.md from a trained model and a corpus.
+
+    python -m dllm_asr.report --model runs/base-en/checkpoints/best [--ar-model AR_DIR] \\
+        --corpus data/synth --out docs/results.md [--max-utterances 60] [--notes docs/results-notes.md]
+
+Runs the `dllm-asr bench` grid on the corpus's test_seen and test_unseen splits (voices used in
+training, and voices never heard in training), writes each split's table, CSV and WER-versus-
+RTF plot under docs/results/<split>/, and assembles one Markdown page: the tables, how they
+were produced (model, machine, command) and, when given, a hand-written discussion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .bench import run_bench
+
+SPLITS = ("test_seen", "test_unseen")
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def build_report(model: str, corpus: str, out: str, ar_model: str | None = None, max_utterances: int | None = None,
+                 notes: str | None = None, device: str = "auto", batch_size: int = 8, grid: str | None = None,
+                 reuse: bool = False) -> Path:
+    """Run the grid on every split and write the Markdown report; returns its path. With `reuse`,
+    splits whose tables already exist are not run again (to re-assemble after editing the notes)."""
+    out_path = Path(out)
+    figures = out_path.parent / "results"
+    sections = []
+    for split in SPLITS:
+        split_dir = figures / split
+        if not (reuse and (split_dir / "results.md").is_file()):
+            run_bench(model, str(Path(corpus) / f"{split}.jsonl"), str(split_dir), device=device,
+                      max_utterances=max_utterances, batch_size=batch_size, ar_model=ar_model, grid=grid)
+        table = (split_dir / "results.md").read_text()
+        plot = (split_dir / "wer_vs_rtf.png").relative_to(out_path.parent)
+        sections.append(f"## {split}\n\n{table}\n![WER versus RTF, {split}]({plot})\n")
+    command = " ".join(["python -m dllm_asr.report", *sys.argv[1:]]) if sys.argv[1:] else "python -m dllm_asr.report"
+    header = (f"# Results\n\nGenerated {datetime.date.today()} by `{command}`\n\n"
+              f"Model: `{model}`; AR baseline: `{ar_model or 'none'}`; corpus: `{corpus}`; "
+              f"up to {max_utterances or 'all'} utterances per split; {machine()}.\n"
+              "WER uses Whisper's English normaliser; RTF = decoding seconds / audio seconds, warm-up excluded.\n")
+    discussion = Path(notes).read_text() if notes else ""
+    out_path.write_text(header + "\n" + "\n".join(sections) + ("\n" + discussion if discussion else ""))
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dllm_asr.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--ar-model", default=None)
+    parser.add_argument("--corpus", required=True, help="a folder with test_seen.jsonl and test_unseen.jsonl")
+    parser.add_argument("--out", default="docs/results.md")
+    parser.add_argument("--max-utterances", type=int, default=None)
+    parser.add_argument("--notes", default=None, help="Markdown discussion appended to the report")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--grid", default=None, help="YAML list of runs (default: the bench grid)")
+    parser.add_argument("--reuse", action="store_true", help="keep the tables of splits already run")
+    args = parser.parse_args(argv)
+    path = build_report(args.model, args.corpus, args.out, args.ar_model, args.max_utterances, args.notes,
+                        args.device, args.batch_size, args.grid, args.reuse)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
