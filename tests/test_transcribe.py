@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from dllm_asr.checkpoint import save_model
 from dllm_asr.cli import main
