@@ -23,8 +23,8 @@ def test_stage_plan_locates_steps():
 
 
 def test_unknown_trainable_part_is_named():
-    with pytest.raises(ValueError, match="decoder"):
-        Stage("x", 1, ("decoder",))
+    with pytest.raises(ValueError, match="embeddings"):
+        Stage("x", 1, ("embeddings",))
 
 
 def test_recipe_overrides_and_errors(tmp_path):
