@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .audio import log_mel_batch
 from .config import ModelConfig
+from .decoders.base import position_ids_from_mask
 
 
 @dataclass
@@ -106,7 +107,7 @@ class SpeechLLM(nn.Module):
             mask[row, start:width - length] = True
         embeds[:, width - length:] = response
         mask[:, width - length:] = torch.arange(length, device=response.device)[None] < response_lengths[:, None]
-        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        positions = position_ids_from_mask(mask)
         return embeds, mask, positions
 
     def response_logits(self, audio: AudioContext, tokens: Tensor, lengths: Tensor | None = None,
@@ -152,7 +153,7 @@ class SpeechLLM(nn.Module):
             raise ValueError(f"prefix_cache: decoder {getattr(self.decoder, 'name', type(self.decoder).__name__)} "
                              "does not support a prefix key/value cache")
         embeds, mask = self.prefix(audio)
-        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        positions = position_ids_from_mask(mask)
         cache = self.decoder.compute_prefix_cache(embeds, mask, positions)
 
         def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
