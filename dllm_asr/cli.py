@@ -63,9 +63,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             continue
         t = result.transcript
         if args.format == "jsonl":
-            print(json.dumps({"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps,
-                              "trace": t.trace} if options.trace else
-                             {"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps}))
+            record = {"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps}
+            if options.trace:
+                record["trace"] = t.trace
+            print(json.dumps(record))
         else:
             print(f"{result.path}\t{t.text}")
     return 1 if failures == len(args.files) else 0
