@@ -73,9 +73,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_deliberate(args: argparse.Namespace) -> int:
-    from .audio import load_audio
     from .metrics import read_transcripts
-    from .transcribe import deliberate_batch
+    from .transcribe import transcribe_files
 
     priors = read_transcripts(args.prior)
     keys = [Path(f).stem for f in args.files]
@@ -83,15 +82,16 @@ def cmd_deliberate(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"{args.prior}: no prior for {', '.join(missing[:5])} (ids are the audio file stems)")
     model = open_model(args)
-    options = transcribe_options(args)
-    for start in range(0, len(args.files), args.batch_size):
-        files = args.files[start:start + args.batch_size]
-        audios = [load_audio(f) for f in files]
-        results = deliberate_batch(model, audios, [priors[Path(f).stem] for f in files], mask=args.mask,
-                                   ratio=args.ratio, chunks=args.chunks, use_audio=not args.text_only, options=options)
-        for path, r in zip(files, results):
-            print(json.dumps({"id": Path(path).stem, "prior": priors[Path(path).stem], "text": r.text, "nfe": r.nfe}))
-    return 0
+    deliberation = {"mask": args.mask, "ratio": args.ratio, "chunks": args.chunks, "use_audio": not args.text_only}
+    results = transcribe_files(model, args.files, transcribe_options(args), batch_size=args.batch_size,
+                               priors=[priors[k] for k in keys], deliberation=deliberation)
+    for key, result in zip(keys, results):
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr)
+            continue
+        print(json.dumps({"id": key, "prior": priors[key], "text": result.transcript.text,
+                          "nfe": result.transcript.nfe}))
+    return 1 if all(r.error for r in results) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -200,20 +200,32 @@ class FileResult:
 
 
 def transcribe_files(model: SpeechLLM, paths: Sequence[str | Path], options: TranscribeOptions = TranscribeOptions(),
-                     batch_size: int = 8) -> list[FileResult]:
-    """Transcribe files in batches; an unreadable file gets an error entry and the rest go on."""
+                     batch_size: int = 8, priors: Sequence[str] | None = None,
+                     deliberation: dict | None = None) -> list[FileResult]:
+    """Transcribe files in batches; an unreadable file gets an error entry and the rest go on.
+
+    With `deliberation` ({mask, ratio, chunks, use_audio}: `deliberate_batch`'s options), each
+    file's prior transcript `priors[i]` is deliberated instead of decoding from scratch.
+    """
     results: list[FileResult] = []
     for start in range(0, len(paths), batch_size):
         loaded, errors = [], {}
-        for path in paths[start:start + batch_size]:
+        for index in range(start, min(start + batch_size, len(paths))):
             try:
-                loaded.append((str(path), load_audio(path)))
+                loaded.append((str(paths[index]), load_audio(paths[index]), index))
             except AudioError as err:
-                errors[str(path)] = str(err)
+                errors[str(paths[index])] = str(err)
+        audios = [audio for _, audio, _ in loaded]
         started = time.perf_counter()
-        transcripts = transcribe_batch(model, [a for _, a in loaded], options) if loaded else []
+        if not loaded:
+            transcripts = []
+        elif deliberation is None:
+            transcripts = transcribe_batch(model, audios, options)
+        else:
+            batch_priors = [priors[index] for _, _, index in loaded]
+            transcripts = deliberate_batch(model, audios, batch_priors, options=options, **deliberation)
         per_clip = (time.perf_counter() - started) / max(len(loaded), 1)
-        done = {p: FileResult(p, t, per_clip) for (p, _), t in zip(loaded, transcripts)}
+        done = {p: FileResult(p, t, per_clip) for (p, _, _), t in zip(loaded, transcripts)}
         for path in paths[start:start + batch_size]:
             results.append(done.get(str(path)) or FileResult(str(path), None, 0.0, errors[str(path)]))
     return results

@@ -83,3 +83,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["transcribe", "--model", str(tmp_path / "missing"), str(ASSETS / "example.wav")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing" in err
+
+
+def test_cli_deliberate_skips_a_corrupt_clip(tiny_model, tmp_path, capsys):
+    save_model(tiny_model, tmp_path / "ckpt")
+    prior = tmp_path / "prior.jsonl"
+    prior.write_text(json.dumps({"id": "example", "text": "the quick brown fox"}) + "\n"
+                     + json.dumps({"id": "corrupt", "text": "anything"}) + "\n")
+    code = main(["deliberate", "--model", str(tmp_path / "ckpt"), "--prior", str(prior), "--mask", "semi-ar",
+                 "--chunks", "2", "--steps", "2", str(ASSETS / "example.wav"), str(DATA / "corrupt.wav")])
+    captured = capsys.readouterr()
+    assert code == 0
+    line = json.loads(captured.out.strip())
+    assert line["id"] == "example" and line["prior"] == "the quick brown fox" and line["nfe"] >= 1
+    assert "corrupt.wav" in captured.err and captured.err.count("\n") == 1
+    assert main(["deliberate", "--model", str(tmp_path / "ckpt"), "--prior", str(prior), "--mask", "random",
+                 str(DATA / "stereo_44k.flac")]) == 2
+    assert "no prior for stereo_44k" in capsys.readouterr().err
