@@ -81,6 +81,31 @@ def load_deltas(model: nn.Module, directory: str | Path) -> None:
             params[name].copy_(tensor.to(params[name].dtype))
 
 
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def export_model(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp16") -> Path:
+    """Copy a checkpoint's config and deltas to `out_dir` in `dtype`, without the training state.
+
+    For shipping: fp16 halves the file (the model casts deltas back to its own dtype on load).
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    src = Path(checkpoint)
+    if not (src / CONFIG_FILE).is_file() or not (src / WEIGHTS_FILE).is_file():
+        raise ValueError(f"{src}: not a dllm-asr checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    stored = load_file(str(src / WEIGHTS_FILE))
+    cast = {name: t.to(EXPORT_DTYPES[dtype]) if t.is_floating_point() else t for name, t in stored.items()}
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(src / CONFIG_FILE, tmp / CONFIG_FILE)
+    save_file(cast, str(tmp / WEIGHTS_FILE))
+    _replace_dir(tmp, out)
+    return out
+
+
 def save_train_state(state: dict[str, Any], directory: str | Path) -> None:
     """Save a nested dict of tensors/numbers/strings as safetensors + a JSON skeleton."""
     tensors: dict[str, torch.Tensor] = {}

@@ -6,6 +6,7 @@
     dllm-asr eval --model M --data D [--strategy S] --out DIR
     dllm-asr score REF HYP
     dllm-asr bench --model M --data D --out DIR [--grid GRID.yaml]
+    dllm-asr export CHECKPOINT OUT [--dtype fp16]
     dllm-asr corpus OUT_DIR [options]
 """
 
@@ -135,6 +136,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import export_model
+
+    out = export_model(args.checkpoint, args.out, dtype=args.dtype)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    print(f"{out}: {size:.1f} MB ({args.dtype})")
+    return 0
+
+
 def cmd_corpus(args: argparse.Namespace) -> int:
     from .corpus import main as corpus_main
 
@@ -191,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("export", help="copy a checkpoint's model, without training state, e.g. in fp16 to ship")
+    p.add_argument("checkpoint", help="checkpoint directory (e.g. runs/x/checkpoints/best)")
+    p.add_argument("out", help="output directory (replaced)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("corpus", help="synthesise an English speech corpus", add_help=False)
     p.add_argument("corpus_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_corpus)
@@ -206,6 +222,9 @@ def add_deliberation_flags(parser: argparse.ArgumentParser, required: bool) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["corpus"]:  # its own parser: argparse.REMAINDER would reject a leading -h
+        return cmd_corpus(argparse.Namespace(corpus_args=argv[1:])) or 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

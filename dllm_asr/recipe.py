@@ -111,15 +111,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each "a.b=value" in `data`; a number indexes a list, as in "stages.0.steps=250"."""
     for text in overrides:
         keys, value = parse_override(text)
         node = data
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {text!r}: {key} is not a section")
-        node[keys[-1]] = value
+            node = _child(node, key, text)
+        if isinstance(node, list):
+            node[_list_index(node, keys[-1], text)] = value
+        else:
+            node[keys[-1]] = value
     return data
+
+
+def _child(node: Any, key: str, text: str) -> Any:
+    if isinstance(node, list):
+        child = node[_list_index(node, key, text)]
+    else:
+        child = node.setdefault(key, {})
+    if not isinstance(child, (dict, list)):
+        raise ValueError(f"override {text!r}: {key} is not a section")
+    return child
+
+
+def _list_index(node: list, key: str, text: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ValueError(f"override {text!r}: {key!r} is not an index of a {len(node)}-item list")
+    return int(key)
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:

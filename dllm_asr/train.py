@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -250,6 +251,12 @@ class Trainer:
         self.dist.barrier()
 
 
+def progress_line(step: int, total: int, stats: dict[str, float]) -> str:
+    """'step 120/1400 loss 5.210 lr 2.90e-04 utt/s 2.3': the bar's figures as one log line."""
+    return (f"step {step}/{total} loss {stats['loss']:.3f} lr {stats['lr']:.2e} "
+            f"utt/s {stats['utt_per_s']:.1f}")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) the training described by `cfg`; returns the output directory."""
     trainer = Trainer(cfg)
@@ -260,8 +267,11 @@ def train(cfg: TrainConfig) -> Path:
     trainer.resume_if_possible()
     # stop_after_steps ends a time-boxed run early, with a checkpoint to resume from.
     end = min(trainer.plan.total_steps, cfg.stop_after_steps or trainer.plan.total_steps)
-    bar = tqdm(total=trainer.plan.total_steps, initial=trainer.step, disable=not trainer.dist.is_main,
-               desc="train", unit="step")
+    # A bar redrawn into a log file (nohup, a cluster job) is megabytes of noise: there, the
+    # logged steps are printed as plain lines instead.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=trainer.plan.total_steps, initial=trainer.step,
+               disable=not (trainer.dist.is_main and interactive), desc="train", unit="step")
     started, done_utts = time.perf_counter(), 0
     while trainer.step < end:
         stats = trainer.train_step()
@@ -272,6 +282,8 @@ def train(cfg: TrainConfig) -> Path:
         at_end = trainer.step == end
         if trainer.dist.is_main and (trainer.step % cfg.log_every == 0 or at_end):
             trainer.log(stats)
+            if not interactive:
+                print(progress_line(trainer.step, trainer.plan.total_steps, stats), file=sys.stderr, flush=True)
         if trainer.step % cfg.save_every == 0 or at_end:
             trainer.checkpoint()
     bar.close()

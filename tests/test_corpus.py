@@ -284,3 +284,11 @@ def _voiced_length(audio: np.ndarray) -> int:
 def test_main_reports_bad_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code = corpus.main([str(tmp_path / "x"), "--utterances", "5", "--noise-fraction", "2"])
     assert code == 2 and "noise_fraction" in capsys.readouterr().err
+
+
+def test_cli_passes_help_through_to_the_corpus_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    from dllm_asr.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["corpus", "-h"])
+    assert stop.value.code == 0 and "--hours" in capsys.readouterr().out

@@ -2,7 +2,7 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from dllm_asr.checkpoint import WEIGHTS_FILE, save_model
+from dllm_asr.checkpoint import WEIGHTS_FILE, delta_parameter_names, export_model, save_model
 from dllm_asr.diffusion import forward_mask, masked_diffusion_loss
 from dllm_asr.loading import build_model, load_model
 from dllm_asr.model import encode_transcripts
@@ -48,6 +48,23 @@ def test_checkpoint_round_trip_stores_only_deltas(tiny_config, tiny_model, real_
     a = tiny_model.response_logits(tiny_model.encode_audio(real_clips[:1]), tokens)
     b = loaded.response_logits(loaded.encode_audio(real_clips[:1]), tokens)
     torch.testing.assert_close(a, b)
+
+
+def test_export_to_fp16_halves_the_file_and_loads_into_fp32(tiny_model, tmp_path):
+    save_model(tiny_model, tmp_path / "ckpt", train_state={"step": 3})
+    export_model(tmp_path / "ckpt", tmp_path / "ship", dtype="fp16")
+    assert sorted(p.name for p in (tmp_path / "ship").iterdir()) == ["config.json", WEIGHTS_FILE]
+    full, half = ((tmp_path / d / WEIGHTS_FILE).stat().st_size for d in ("ckpt", "ship"))
+    assert half < 0.55 * full
+    loaded = load_model(tmp_path / "ship")
+    original, params = dict(tiny_model.named_parameters()), dict(loaded.named_parameters())
+    for name in delta_parameter_names(loaded):
+        assert params[name].dtype == torch.float32
+        torch.testing.assert_close(params[name], original[name].half().float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        export_model(tmp_path / "ckpt", tmp_path / "x", dtype="int8")
+    with pytest.raises(ValueError, match="not a dllm-asr checkpoint"):
+        export_model(tmp_path, tmp_path / "x")
 
 
 def test_bad_checkpoint_directories_give_one_line_errors(tmp_path):

@@ -41,6 +41,18 @@ def test_recipe_overrides_and_errors(tmp_path):
         apply_overrides({}, ["nonsense"])
 
 
+def test_overrides_index_lists_such_as_stages():
+    data = {"stages": [{"name": "a", "steps": 10}, {"name": "b", "steps": 20}], "schedule": {"lr": 1}}
+    apply_overrides(data, ["stages.1.steps=250", "stages.0.train=[adapter]"])
+    assert data["stages"] == [{"name": "a", "steps": 10, "train": ["adapter"]}, {"name": "b", "steps": 250}]
+    with pytest.raises(ValueError, match="'2' is not an index of a 2-item list"):
+        apply_overrides(data, ["stages.2.steps=1"])
+    with pytest.raises(ValueError, match="'x' is not an index"):
+        apply_overrides(data, ["stages.x.steps=1"])
+    with pytest.raises(ValueError, match="lr is not a section"):
+        apply_overrides(data, ["schedule.lr.x=1"])
+
+
 def test_train_state_round_trip_without_pickle(tmp_path):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)

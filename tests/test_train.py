@@ -221,6 +221,17 @@ def test_bad_clips_are_skipped_with_a_warning(tmp_path, recipe_file, tiny_data, 
     assert sorted(losses(tmp_path)) == [1, 2]
 
 
+def test_log_file_gets_plain_progress_lines_not_a_redrawn_bar(tmp_path, recipe_file, tiny_data, capfd):
+    args = ["train", "--config", str(recipe_file), f"output_dir={tmp_path}", f"data.train={tiny_data}",
+            "data.dev=null", "log_every=1", ONE_STAGE]
+    assert cli.main(args) == 0  # stderr is captured by pytest, so not a terminal
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert "loss" in lines[0] and "utt/s" in lines[0]
+
+
 def test_bad_clip_stops_training_with_a_one_line_error(tmp_path, recipe_file, tiny_data, capsys):
     bad = write_bad_manifest(tiny_data)
     args = ["train", "--config", str(recipe_file), f"output_dir={tmp_path}", f"data.train={bad}",

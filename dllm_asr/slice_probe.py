@@ -1,0 +1,80 @@
+"""`python -m dllm_asr.slice_probe`: is a decoder slice still a language model?
+
+    python -m dllm_asr.slice_probe --texts data/synth/dev.jsonl --layers all 0-3 0-7 0-15 0-3,26-29
+
+Prints the causal next-token loss (nats per token) of the pretrained decoder keeping only the
+listed layers, on the transcripts of a JSONL manifest. A CPU run is tempted to train on the first
+layers only (`model.decoder.num_layers`); this shows what that does to the pretrained LM before
+any training (SmolLM2-135M: 5.0 nats with all 30 layers, 18.8 with the first 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .decoders import load_decoder
+
+
+def parse_layers(text: str, total: int) -> list[int]:
+    """"all" -> every layer; "0-3,26-29" -> [0, 1, 2, 3, 26, 27, 28, 29]."""
+    if text == "all":
+        return list(range(total))
+    layers: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        layers.extend(range(int(first), int(last or first) + 1))
+    if not layers or min(layers) < 0 or max(layers) >= total:
+        raise ValueError(f"--layers {text!r}: layers must lie in 0-{total - 1}")
+    return layers
+
+
+def next_token_loss(hf_model: nn.Module, tokenizer, texts: list[str]) -> float:
+    """Mean causal next-token loss (nats per predicted token) of `hf_model` on `texts`."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            logits = hf_model(input_ids=ids, use_cache=False).logits
+            total += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+            count += ids.shape[1] - 1
+    return total / max(count, 1)
+
+
+def keep_layers(hf_model: nn.Module, layers: list[int], all_layers: list[nn.Module]) -> None:
+    """Make `hf_model` run only `layers` (indices into `all_layers`), in that order."""
+    hf_model.model.layers = nn.ModuleList([all_layers[i] for i in layers])
+    hf_model.config.num_hidden_layers = len(layers)
+    if getattr(hf_model.config, "layer_types", None):
+        hf_model.config.layer_types = [hf_model.config.layer_types[0]] * len(layers)
+    for index, layer in enumerate(hf_model.model.layers):
+        layer.self_attn.layer_idx = index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dllm_asr.slice_probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--decoder", default="smollm2-135m", help="an hf decoder source")
+    parser.add_argument("--texts", required=True, help="JSONL manifest whose 'text' fields are scored")
+    parser.add_argument("--max-texts", type=int, default=48)
+    parser.add_argument("--layers", nargs="+", default=["all", "0-3", "0-7", "0-15"])
+    args = parser.parse_args(argv)
+    lines = Path(args.texts).read_text().splitlines()[: args.max_texts]
+    texts = [json.loads(line)["text"] for line in lines if line.strip()]
+    decoder = load_decoder("hf", args.decoder)
+    hf_model = decoder.hf_model.eval()
+    all_layers = list(hf_model.model.layers)
+    for spec in args.layers:
+        layers = parse_layers(spec, len(all_layers))
+        keep_layers(hf_model, layers, all_layers)
+        loss = next_token_loss(hf_model, decoder.tokenizer, texts)
+        print(f"layers {spec:>12}  ({len(layers):2d} kept)  next-token loss {loss:.2f} nats/token")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
