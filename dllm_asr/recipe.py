@@ -81,6 +81,9 @@ class TrainConfig:
     device: str = "auto"
     stop_after_steps: int | None = None
     """Stop early at this global step (checkpoints as usual); for tests and time-boxed runs."""
+    stop_after_minutes: float | None = None
+    """Checkpoint and stop once this much wall time has passed; run again to resume. For jobs
+    with a time limit (a cluster queue, a lent GPU's 10-minute commands)."""
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

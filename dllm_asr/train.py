@@ -187,6 +187,13 @@ class Trainer:
         self.step += 1
         return totals
 
+    def out_of_time(self, started: float) -> bool:
+        """Whether stop_after_minutes has passed (on any process, so that all stop together)."""
+        if self.cfg.stop_after_minutes is None:
+            return False
+        late = time.perf_counter() - started >= 60 * self.cfg.stop_after_minutes
+        return self.dist.mean_over_processes({"late": float(late)})["late"] > 0
+
     def stat_names(self) -> list[str]:
         with_ctc = self.model.ctc_head is not None and self.cfg.ctc_weight > 0
         return ["loss", "lm_loss"] + (["ctc_loss"] if with_ctc else [])
@@ -226,6 +233,23 @@ class Trainer:
                                 warmup=False)
         return report.wer
 
+    def dev_audio_gain(self, count: int = 16) -> float | None:
+        """Loss with mismatched minus matched audio on the first dev clips (see `audio_gain`)."""
+        from .data import AudioDataset, load_dataset
+        from .evaluate import audio_gain
+
+        if not self.cfg.data.dev:
+            return None
+        dataset = AudioDataset(load_dataset(self.cfg.data.dev, on_error="skip")[:count], on_error="skip")
+        items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]
+        if len(items) < 2:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        matched, mismatched = audio_gain(self.model, [i["audio"] for i in items], [i["text"] for i in items])
+        self.model.train(was_training)
+        return mismatched - matched
+
     def log(self, stats: dict[str, float], group: str = "train") -> None:
         """Append {"step", **stats} to the history, train_log.jsonl and TensorBoard (`group`/key)."""
         record = {"step": self.step, **stats}
@@ -242,8 +266,10 @@ class Trainer:
         if self.dist.is_main:
             wer = self.evaluate_dev()
             if wer is not None:
-                self.log({"dev_wer": wer}, group="dev")
-                log.info("step %d: dev WER %.2f%% (whisper_english normaliser)", self.step, 100 * wer)
+                gain = self.dev_audio_gain()
+                self.log({"dev_wer": wer, "dev_audio_gain": gain}, group="dev")
+                log.info("step %d: dev WER %.2f%% (whisper_english normaliser), audio gain %.3f nats",
+                         self.step, 100 * wer, gain)
                 if wer < self.best_wer:
                     self.best_wer = wer
                     self.save("best")
@@ -279,13 +305,18 @@ def train(cfg: TrainConfig) -> Path:
         stats["utt_per_s"] = done_utts / max(time.perf_counter() - started, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", utt_s=f"{stats['utt_per_s']:.1f}")
-        at_end = trainer.step == end
+        out_of_time = trainer.out_of_time(started)
+        at_end = trainer.step == end or out_of_time
         if trainer.dist.is_main and (trainer.step % cfg.log_every == 0 or at_end):
             trainer.log(stats)
             if not interactive:
                 print(progress_line(trainer.step, trainer.plan.total_steps, stats), file=sys.stderr, flush=True)
         if trainer.step % cfg.save_every == 0 or at_end:
             trainer.checkpoint()
+        if out_of_time:
+            log.warning("stop_after_minutes=%s reached at step %d: checkpointed; run the same command to resume",
+                        cfg.stop_after_minutes, trainer.step)
+            break
     bar.close()
     if trainer.writer is not None:
         trainer.writer.close()

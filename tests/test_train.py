@@ -4,6 +4,7 @@ multi-process equivalence, bad data and the shipped CPU recipe."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -119,6 +120,7 @@ def test_training_writes_loadable_checkpoints_and_logs(full_run):
     assert all(np.isfinite(v) and v > 0 for v in curve.values())
     records = read_log(full_run)
     assert [r["step"] for r in records if "dev_wer" in r] == [3, 6]
+    assert all(math.isfinite(r["dev_audio_gain"]) for r in records if "dev_wer" in r)
     lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
     assert lrs[1] == lrs[4] == pytest.approx(1e-4)  # each stage warms up from warmup_start_lr
     assert lrs[2] == lrs[5] == pytest.approx(3e-3)
@@ -156,6 +158,17 @@ def test_resume_after_kill_is_exact(full_run, resumed_run):
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # the log is continued, not restarted
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=0)
+
+
+def test_time_box_checkpoints_and_the_same_command_resumes(tmp_path, recipe_file, tiny_data, caplog):
+    args = ("data.dev=null", "stop_after_minutes=0")  # out of time after the first step
+    with caplog.at_level("WARNING"):
+        assert run_train(recipe_file, tmp_path, tiny_data, *args) == 0
+    assert "stop_after_minutes=0 reached at step 1" in caplog.text
+    assert sorted(losses(tmp_path)) == [1]
+    assert json.loads((tmp_path / "checkpoints" / "last" / "train_state.json").read_text())
+    assert run_train(recipe_file, tmp_path, tiny_data, *args) == 0
+    assert sorted(losses(tmp_path)) == [1, 2]
 
 
 def test_tensorboard_events_are_written(full_run):
