@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_model
+    from .evaluate import data_audio_gain, evaluate_model
 
     model = open_model(args)
     deliberation = None
@@ -116,6 +116,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, deliberation=deliberation)
     report.write(args.out)
     print(report.summary())
+    if args.audio_gain:
+        matched, swapped, clips = data_audio_gain(model, args.data, args.audio_gain)
+        print(f"audio gain {swapped - matched:.3f} nats/token (loss {matched:.3f} with each clip's own "
+              f"audio, {swapped:.3f} with another's; {clips} clips)")
     print(f"wrote {args.out}/hyps.jsonl, errors.jsonl, report.md")
     return 0
 
@@ -181,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--max-utterances", type=int, default=None)
+    p.add_argument("--audio-gain", type=int, default=0, metavar="N",
+                   help="also print how much the first N clips' own audio lowers the loss (0: off)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score a hypothesis file against a reference file")

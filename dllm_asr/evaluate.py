@@ -167,3 +167,11 @@ def _response_loss(model: SpeechLLM, audio: AudioContext, ids: torch.Tensor, tex
         noisy = forward_mask(ids, valid, model.mask_id, generator=generator)
         losses.append(masked_diffusion_loss(model.response_logits(audio, noisy.noisy), ids, noisy, valid, "none").item())
     return float(np.mean(losses))
+
+
+def data_audio_gain(model: SpeechLLM, data: str | Path, count: int = 16) -> tuple[float, float, int]:
+    """`audio_gain` on the first `count` readable clips of a data set: (matched, swapped, clips)."""
+    dataset = AudioDataset(load_dataset(data, on_error="skip")[:count], on_error="skip")
+    items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]
+    matched, swapped = audio_gain(model, [item["audio"] for item in items], [item["text"] for item in items])
+    return matched, swapped, len(items)

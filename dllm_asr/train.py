@@ -233,22 +233,15 @@ class Trainer:
                                 warmup=False)
         return report.wer
 
-    def dev_audio_gain(self, count: int = 16) -> float | None:
-        """Loss with mismatched minus matched audio on the first dev clips (see `audio_gain`)."""
-        from .data import AudioDataset, load_dataset
-        from .evaluate import audio_gain
+    def dev_audio_gain(self, count: int = 16) -> float:
+        """Loss with swapped minus matched audio on the first dev clips (see `audio_gain`)."""
+        from .evaluate import data_audio_gain
 
-        if not self.cfg.data.dev:
-            return None
-        dataset = AudioDataset(load_dataset(self.cfg.data.dev, on_error="skip")[:count], on_error="skip")
-        items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]
-        if len(items) < 2:
-            return None
         was_training = self.model.training
         self.model.eval()
-        matched, mismatched = audio_gain(self.model, [i["audio"] for i in items], [i["text"] for i in items])
+        matched, swapped, _ = data_audio_gain(self.model, self.cfg.data.dev, count)
         self.model.train(was_training)
-        return mismatched - matched
+        return swapped - matched
 
     def log(self, stats: dict[str, float], group: str = "train") -> None:
         """Append {"step", **stats} to the history, train_log.jsonl and TensorBoard (`group`/key)."""
