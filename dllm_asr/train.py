@@ -233,14 +233,19 @@ class Trainer:
                                 warmup=False)
         return report.wer
 
-    def dev_audio_gain(self, count: int = 16) -> float:
-        """Loss with swapped minus matched audio on the first dev clips (see `audio_gain`)."""
+    def dev_audio_gain(self, count: int = 16) -> float | None:
+        """Loss with swapped minus matched audio on the first dev clips (see `audio_gain`);
+        None for a dev set of fewer than 2 readable clips, which has no audio to swap."""
         from .evaluate import data_audio_gain
 
         was_training = self.model.training
         self.model.eval()
-        matched, swapped, _ = data_audio_gain(self.model, self.cfg.data.dev, count)
-        self.model.train(was_training)
+        try:
+            matched, swapped, _ = data_audio_gain(self.model, self.cfg.data.dev, count)
+        except ValueError:
+            return None
+        finally:
+            self.model.train(was_training)
         return swapped - matched
 
     def log(self, stats: dict[str, float], group: str = "train") -> None:
@@ -260,9 +265,9 @@ class Trainer:
             wer = self.evaluate_dev()
             if wer is not None:
                 gain = self.dev_audio_gain()
-                self.log({"dev_wer": wer, "dev_audio_gain": gain}, group="dev")
-                log.info("step %d: dev WER %.2f%% (whisper_english normaliser), audio gain %.3f nats",
-                         self.step, 100 * wer, gain)
+                self.log({"dev_wer": wer} if gain is None else {"dev_wer": wer, "dev_audio_gain": gain}, group="dev")
+                log.info("step %d: dev WER %.2f%% (whisper_english normaliser), audio gain %s nats",
+                         self.step, 100 * wer, "-" if gain is None else f"{gain:.3f}")
                 if wer < self.best_wer:
                     self.best_wer = wer
                     self.save("best")
