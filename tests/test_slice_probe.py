@@ -28,7 +28,7 @@ def test_keeping_every_layer_is_the_full_model_and_fewer_change_it(tmp_path):
     assert first != pytest.approx(full) and torch.isfinite(torch.tensor(first))
 
 
-def test_main_prints_one_line_per_selection(tmp_path, capsys, monkeypatch):
+def test_main_prints_one_line_per_selection(tmp_path, capsys):
     llama = write_tiny_llama_checkpoint(tmp_path / "llama")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one two three", "four five"]))
