@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -47,14 +48,11 @@ def save_model(model: nn.Module, directory: str | Path, train_state: dict[str, A
     The directory is written aside and swapped in, so a kill never leaves half a checkpoint.
     """
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.config.save(tmp / CONFIG_FILE)
-    save_file(delta_state_dict(model), str(tmp / WEIGHTS_FILE))
-    if train_state is not None:
-        save_train_state(train_state, tmp)
-    _replace_dir(tmp, directory)
+    with _written_aside(directory) as tmp:
+        model.config.save(tmp / CONFIG_FILE)
+        save_file(delta_state_dict(model), str(tmp / WEIGHTS_FILE))
+        if train_state is not None:
+            save_train_state(train_state, tmp)
     return directory
 
 
@@ -97,12 +95,9 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp16
     stored = load_file(str(src / WEIGHTS_FILE))
     cast = {name: t.to(EXPORT_DTYPES[dtype]) if t.is_floating_point() else t for name, t in stored.items()}
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copyfile(src / CONFIG_FILE, tmp / CONFIG_FILE)
-    save_file(cast, str(tmp / WEIGHTS_FILE))
-    _replace_dir(tmp, out)
+    with _written_aside(out) as tmp:
+        shutil.copyfile(src / CONFIG_FILE, tmp / CONFIG_FILE)
+        save_file(cast, str(tmp / WEIGHTS_FILE))
     return out
 
 
@@ -145,6 +140,16 @@ def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, list):
         return [_unflatten(v, tensors) for v in value]
     return value
+
+
+@contextmanager
+def _written_aside(directory: Path) -> Iterator[Path]:
+    """Yield a fresh sibling folder to write into; on success it replaces `directory`."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    _replace_dir(tmp, directory)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

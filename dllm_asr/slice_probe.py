@@ -46,18 +46,6 @@ def next_token_loss(hf_model: nn.Module, tokenizer, texts: list[str]) -> float:
     return total / max(count, 1)
 
 
-def keep_layers(hf_model: nn.Module, layers: list[int], all_layers: list[nn.Module],
-                all_layer_types: list[str] | None = None) -> None:
-    """Make `hf_model` run only `layers` (indices into `all_layers`, the model's original
-    layers, with their attention types `all_layer_types` where the config has them), in order."""
-    hf_model.model.layers = nn.ModuleList([all_layers[i] for i in layers])
-    hf_model.config.num_hidden_layers = len(layers)
-    if all_layer_types:
-        hf_model.config.layer_types = [all_layer_types[i] for i in layers]
-    for index, layer in enumerate(hf_model.model.layers):
-        layer.self_attn.layer_idx = index
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dllm_asr.slice_probe", description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", default="smollm2-135m", help="an hf decoder source")
@@ -67,14 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     lines = Path(args.texts).read_text().splitlines()[: args.max_texts]
     texts = [json.loads(line)["text"] for line in lines if line.strip()]
-    decoder = load_decoder("hf", args.decoder)
-    hf_model = decoder.hf_model.eval()
-    all_layers = list(hf_model.model.layers)
-    all_layer_types = list(getattr(hf_model.config, "layer_types", None) or [])
     for spec in args.layers:
-        layers = parse_layers(spec, len(all_layers))
-        keep_layers(hf_model, layers, all_layers, all_layer_types)
-        loss = next_token_loss(hf_model, decoder.tokenizer, texts)
+        decoder = load_decoder("hf", args.decoder)  # afresh: a slice drops the other layers
+        layers = parse_layers(spec, decoder.num_layers)
+        decoder.keep_layers(layers)
+        loss = next_token_loss(decoder.hf_model.eval(), decoder.tokenizer, texts)
         print(f"layers {spec:>12}  ({len(layers):2d} kept)  next-token loss {loss:.2f} nats/token")
     return 0
 

@@ -16,16 +16,20 @@ def test_parse_layers():
 
 
 def test_keeping_every_layer_is_the_full_model_and_fewer_change_it(tmp_path):
-    decoder = load_decoder("hf", write_tiny_llama_checkpoint(tmp_path / "llama"), dtype="float32")
-    hf_model = decoder.hf_model.eval()
-    layers = list(hf_model.model.layers)
+    llama = write_tiny_llama_checkpoint(tmp_path / "llama")
     texts = ["the cat sat on the mat", "a second sentence"]
-    full = slice_probe.next_token_loss(hf_model, decoder.tokenizer, texts)
-    slice_probe.keep_layers(hf_model, [0], layers)
-    first = slice_probe.next_token_loss(hf_model, decoder.tokenizer, texts)
-    slice_probe.keep_layers(hf_model, list(range(len(layers))), layers)
-    assert slice_probe.next_token_loss(hf_model, decoder.tokenizer, texts) == pytest.approx(full)
-    assert first != pytest.approx(full) and torch.isfinite(torch.tensor(first))
+
+    def loss_with(layers):
+        decoder = load_decoder("hf", llama, dtype="float32")
+        if layers is not None:
+            decoder.keep_layers(layers)
+        return slice_probe.next_token_loss(decoder.hf_model.eval(), decoder.tokenizer, texts)
+
+    full = loss_with(None)
+    assert loss_with([0, 1]) == pytest.approx(full)
+    first, reordered = loss_with([0]), loss_with([1, 0])
+    assert first != pytest.approx(full) and reordered != pytest.approx(full)
+    assert torch.isfinite(torch.tensor(first))
 
 
 def test_main_prints_one_line_per_selection(tmp_path, capsys):

@@ -151,14 +151,21 @@ class HFDecoder(DecoderLM):
         self.vocab_size = int(hf_model.get_output_embeddings().weight.shape[0])
 
     def keep_first_layers(self, count: int) -> None:
-        layers = self.hf_model.model.layers
-        check_slice(count, len(layers), self.name)
-        self.hf_model.model.layers = nn.ModuleList(list(layers)[:count])
+        check_slice(count, len(self.hf_model.model.layers), self.name)
+        self.keep_layers(list(range(count)))
+
+    def keep_layers(self, indices: list[int]) -> None:
+        """Run only the transformer layers at `indices` (of the current ones), in that order;
+        each keeps its attention type, and the KV-cache slots are renumbered."""
+        layers = list(self.hf_model.model.layers)
+        self.hf_model.model.layers = nn.ModuleList([layers[i] for i in indices])
         config = self.hf_model.config
-        config.num_hidden_layers = count
+        config.num_hidden_layers = len(indices)
         if getattr(config, "layer_types", None):
-            config.layer_types = config.layer_types[:count]
-        self.num_layers = count
+            config.layer_types = [config.layer_types[i] for i in indices]
+        for slot, layer in enumerate(self.hf_model.model.layers):
+            layer.self_attn.layer_idx = slot
+        self.num_layers = len(indices)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, S) -> embeddings (B, S, hidden_size)."""
