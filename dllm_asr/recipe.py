@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +94,12 @@ class TrainConfig:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def eval_options(self):
+        """Decoding options of the dev WER; a causal (objective "ar") model is always decoded
+        autoregressively, whatever `eval.strategy` says (the recipes share one eval section)."""
         from .transcribe import TranscribeOptions
 
-        return TranscribeOptions(**self.eval)
+        options = TranscribeOptions(**self.eval)
+        return replace(options, strategy="ar") if self.model.objective == "ar" else options
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):

@@ -125,10 +125,18 @@ def ctc_priors(model: SpeechLLM, audio: AudioContext) -> list[str]:
     return ctc_greedy_decode(audio.ctc_log_probs, audio.encoder_lengths)
 
 
+def check_strategy(model: SpeechLLM, strategy: str) -> None:
+    """A model trained with the AR objective is a causal LM: only the `ar` strategy can decode it."""
+    if model.config.objective == "ar" and strategy != "ar":
+        raise ValueError(f"this model was trained with objective 'ar' (a causal LM): decode it with "
+                         f"--strategy ar, not {strategy!r}")
+
+
 @torch.no_grad()
 def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions = TranscribeOptions(),
                      priors: Sequence[str] | None = None) -> list[Transcript]:
     """Transcribe a batch of 16 kHz waveforms. `priors` (texts) replace the CTC prior for `prior`."""
+    check_strategy(model, options.strategy)
     model.eval()
     audio = model.encode_audio(audios)
     if options.strategy == "ar":
@@ -168,6 +176,7 @@ def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Seq
     """
     if mask not in MASKINGS:
         raise ValueError(f"--mask must be one of {', '.join(MASKINGS)}, got {mask!r}")
+    check_strategy(model, "diffusion")
     model.eval()
     audio = model.encode_audio(audios)
     if not use_audio:

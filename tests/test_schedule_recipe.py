@@ -41,6 +41,13 @@ def test_recipe_overrides_and_errors(tmp_path):
         apply_overrides({}, ["nonsense"])
 
 
+def test_an_ar_model_is_dev_evaluated_autoregressively():
+    shared_eval = {"eval": {"strategy": "diffusion", "steps": 16}}
+    assert train_config_from_dict(shared_eval).eval_options().strategy == "diffusion"
+    ar = train_config_from_dict({**shared_eval, "model": {"objective": "ar"}}).eval_options()
+    assert ar.strategy == "ar" and ar.steps == 16
+
+
 def test_overrides_index_lists_such_as_stages():
     data = {"stages": [{"name": "a", "steps": 10}, {"name": "b", "steps": 20}], "schedule": {"lr": 1}}
     apply_overrides(data, ["stages.1.steps=250", "stages.0.train=[adapter]"])

@@ -20,6 +20,21 @@ def test_every_strategy_runs_end_to_end(tiny_model, real_clips, strategy):
         assert isinstance(r.text, str) and r.nfe >= 1 and len(r.tokens) <= limit
 
 
+def test_an_ar_model_is_decoded_only_autoregressively(real_clips):
+    import torch
+
+    from dllm_asr.loading import build_model
+    from tests.conftest import tiny_model_config
+
+    torch.manual_seed(0)
+    ar_model = build_model(tiny_model_config(objective="ar")).eval()
+    assert len(transcribe_batch(ar_model, real_clips[:1], TranscribeOptions(strategy="ar", length=4))) == 1
+    with pytest.raises(ValueError, match="objective 'ar'.*--strategy ar, not 'diffusion'"):
+        transcribe_batch(ar_model, real_clips[:1], TranscribeOptions(steps=2, length=4))
+    with pytest.raises(ValueError, match="objective 'ar'"):
+        deliberate_batch(ar_model, real_clips[:1], ["a prior"], mask="random")
+
+
 def test_batched_rows_equal_single_rows(tiny_model, real_clips):
     options = TranscribeOptions(strategy="diffusion", steps=4, length=6)
     batched = transcribe_batch(tiny_model, real_clips, options)
