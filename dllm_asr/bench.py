@@ -76,6 +76,15 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n\nWER with the Whisper English normaliser.\n")
 
 
+MARKERS = "osD^v<>p*"
+
+
+def point_style(index: int) -> dict[str, str]:
+    """Marker and colour of the plot's `index`-th row: 9 markers against 10 colours, so no two of
+    the first 90 rows look alike (equal periods repeated the 1st row's look on the 11th)."""
+    return {"marker": MARKERS[index % len(MARKERS)], "color": f"C{index % 10}"}
+
+
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
@@ -85,9 +94,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    markers = "osD^v<>ph*"
     for index, r in enumerate(rows):  # a legend, not annotations: close points would overprint
-        ax.scatter(r["rtf"], 100 * r["wer"], marker=markers[index % len(markers)], s=40, label=r["name"])
+        ax.scatter(r["rtf"], 100 * r["wer"], s=40, label=r["name"], **point_style(index))
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())

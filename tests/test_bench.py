@@ -1,7 +1,7 @@
 import csv
 import json
 
-from dllm_asr.bench import DEFAULT_GRID, run_bench
+from dllm_asr.bench import DEFAULT_GRID, point_style, run_bench
 from dllm_asr.checkpoint import save_model
 from tests.conftest import ASSETS, DATA
 
@@ -36,3 +36,8 @@ def test_default_grid_covers_the_papers_axes():
     assert sorted(run["steps"] for run in DEFAULT_GRID if run.get("strategy") == "diffusion"
                   and not run.get("prefix_cache")) == [1, 8, 32, 64]
     assert any(run.get("prefix_cache") for run in DEFAULT_GRID)
+
+
+def test_plot_rows_never_share_a_look():
+    looks = {tuple(sorted(point_style(index).items())) for index in range(90)}
+    assert len(looks) == 90

@@ -1,12 +1,14 @@
 import json
 
 import pytest
+import torch
 
 from dllm_asr.checkpoint import save_model
 from dllm_asr.cli import main
+from dllm_asr.loading import build_model
 from dllm_asr.transcribe import (TranscribeOptions, block_lengths, deliberate_batch, transcribe_batch,
                                  transcribe_files)
-from tests.conftest import ASSETS, DATA
+from tests.conftest import ASSETS, DATA, tiny_model_config
 
 
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])
@@ -21,11 +23,6 @@ def test_every_strategy_runs_end_to_end(tiny_model, real_clips, strategy):
 
 
 def test_an_ar_model_is_decoded_only_autoregressively(real_clips):
-    import torch
-
-    from dllm_asr.loading import build_model
-    from tests.conftest import tiny_model_config
-
     torch.manual_seed(0)
     ar_model = build_model(tiny_model_config(objective="ar")).eval()
     assert len(transcribe_batch(ar_model, real_clips[:1], TranscribeOptions(strategy="ar", length=4))) == 1
