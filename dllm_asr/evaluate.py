@@ -20,7 +20,7 @@ from .audio import SAMPLE_RATE
 from .data import AudioDataset, Utterance, load_dataset
 from .metrics import ScoreReport, Timer, rtf, score
 from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
-from .model import AudioContext, SpeechLLM, encode_transcripts
+from .model import AudioContext, SpeechLLM, encode_transcripts, transcript_and_eos
 from .transcribe import TranscribeOptions, Transcript, deliberate_batch, transcribe_batch
 
 
@@ -158,7 +158,7 @@ def audio_gain(model: SpeechLLM, audios: Sequence[np.ndarray], texts: Sequence[s
 def _response_loss(model: SpeechLLM, audio: AudioContext, ids: torch.Tensor, text_lengths: torch.Tensor,
                    seeds: Sequence[int]) -> float:
     if model.config.objective == "ar":
-        valid = torch.arange(ids.shape[1], device=ids.device)[None] <= text_lengths.to(ids.device)[:, None]
+        valid = transcript_and_eos(ids, text_lengths)
         return next_token_loss(model.response_logits(audio, ids, causal=True), ids, valid).item()
     valid = torch.ones_like(ids, dtype=torch.bool)
     losses = []

@@ -209,3 +209,12 @@ def encode_transcripts(tokenizer, texts: Sequence[str], eos_id: int, length: int
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     text_lengths = torch.tensor([min(len(t), length - 1) for t in encoded], dtype=torch.long)
     return ids, text_lengths
+
+
+def transcript_and_eos(ids: Tensor, text_lengths: Tensor) -> Tensor:
+    """(B, L) bool, True at each row's transcript tokens and its first EOS: what the AR loss scores.
+
+    ids (B, L) and text_lengths (B,) as `encode_transcripts` returns them.
+    """
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
+    return positions <= text_lengths.to(ids.device)[:, None]

@@ -32,7 +32,7 @@ from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
 from .distributed import DistContext, init_distributed
 from .encoders import ctc_loss
 from .loading import build_model
-from .model import SpeechLLM, encode_transcripts
+from .model import SpeechLLM, encode_transcripts, transcript_and_eos
 from .recipe import TrainConfig
 from .schedule import StagePlan, learning_rate
 from .trainer_data import MicroBatchLoader
@@ -62,10 +62,9 @@ def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig,
     audio = core.encode(feats, feat_lengths)
     ids, text_lengths = encode_transcripts(core.tokenizer, texts, core.eos_id)
     ids = ids.to(core.device)
-    positions = torch.arange(ids.shape[1], device=core.device)[None]
     stats: dict[str, float] = {}
     if core.config.objective == "ar":
-        valid = positions <= text_lengths.to(core.device)[:, None]  # transcript and its first EOS
+        valid = transcript_and_eos(ids, text_lengths)
         logits = core.response_logits(audio, ids, causal=True)
         loss = next_token_loss(logits, ids, valid)
     else:

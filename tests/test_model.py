@@ -5,7 +5,7 @@ from peft.tuners.lora import LoraLayer
 from dllm_asr.checkpoint import WEIGHTS_FILE, delta_parameter_names, export_model, save_model
 from dllm_asr.diffusion import forward_mask, masked_diffusion_loss
 from dllm_asr.loading import build_model, load_model
-from dllm_asr.model import encode_transcripts
+from dllm_asr.model import encode_transcripts, transcript_and_eos
 
 
 def test_forward_shapes_and_lora_count(tiny_model, real_clips):
@@ -48,6 +48,12 @@ def test_checkpoint_round_trip_stores_only_deltas(tiny_config, tiny_model, real_
     a = tiny_model.response_logits(tiny_model.encode_audio(real_clips[:1]), tokens)
     b = loaded.response_logits(loaded.encode_audio(real_clips[:1]), tokens)
     torch.testing.assert_close(a, b)
+
+
+def test_ar_loss_scores_the_transcript_and_its_first_eos_only():
+    ids = torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]])  # 0 = EOS padding
+    valid = transcript_and_eos(ids, torch.tensor([2, 1]))
+    assert valid.tolist() == [[True, True, True, False], [True, True, False, False]]
 
 
 def test_export_to_fp16_halves_the_file_and_loads_into_fp32(tiny_model, tmp_path):

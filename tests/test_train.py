@@ -171,6 +171,16 @@ def test_time_box_checkpoints_and_the_same_command_resumes(tmp_path, recipe_file
     assert sorted(losses(tmp_path)) == [1, 2]
 
 
+def test_the_ar_baseline_trains_and_is_dev_scored_autoregressively(tmp_path, recipe_file, tiny_data):
+    # The recipe's eval section says diffusion; an AR model must still be dev-decoded as AR.
+    assert run_train(recipe_file, tmp_path, tiny_data, "model.objective=ar", "stop_after_steps=3") == 0
+    records = read_log(tmp_path)
+    assert all(math.isfinite(r["lm_loss"]) for r in records if "loss" in r)
+    dev = [r for r in records if "dev_wer" in r]
+    assert dev and all(math.isfinite(r["dev_wer"]) and "dev_audio_gain" in r for r in dev)
+    assert load_model(tmp_path / "checkpoints" / "last").config.objective == "ar"
+
+
 def test_tensorboard_events_are_written(full_run):
     events = list((full_run / "tensorboard").glob("events.out.tfevents.*"))
     assert events
