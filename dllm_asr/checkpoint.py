@@ -28,6 +28,8 @@ STATE_JSON = "train_state.json"
 
 def delta_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters a checkpoint stores: everything not part of a frozen base model."""
+    if hasattr(model, "delta_parameter_names"):  # a model family that knows its own deltas
+        return model.delta_parameter_names()
     unfrozen = tuple(f"{part}." for part in ("encoder", "decoder")
                      if not getattr(model.config, part).frozen)
     names = []

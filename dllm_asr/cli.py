@@ -20,12 +20,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
+from .config import DEFAULT_MODEL
 from .transcribe import MASKINGS, STRATEGIES, TranscribeOptions
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TranscribeOptions field (--steps, --num-blocks, --threshold, ...)."""
-    parser.add_argument("--model", default="dllm-asr-base-en", help="checkpoint directory or shipped model name")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"checkpoint directory or shipped model name (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--batch-size", type=int, default=8)

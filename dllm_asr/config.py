@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+DEFAULT_MODEL = "dllm-asr-tiny-en"
+"""The model `dllm-asr transcribe` and `load_model()` use when none is named (shipped in assets/models)."""
+
 
 @dataclass
 class EncoderConfig:
@@ -59,9 +62,12 @@ class DecoderConfig:
     """The masked-diffusion LLM decoder."""
 
     kind: str = "hf"
-    """"llada" (native LLaDA checkpoint directory) or "hf" (LLaMA-family LM made bidirectional)."""
+    """"llada" (native LLaDA checkpoint directory), "hf" (LLaMA-family LM made bidirectional) or
+    "whisper" (Whisper's own decoder adapted to masked diffusion, reading the audio through its
+    cross-attention: the default model's family; no adapter, no LoRA)."""
     source: str = "smollm2-135m"
-    """A short name ("smollm2-135m"), a checkpoint directory, or "random" (tests)."""
+    """A short name ("smollm2-135m"), a checkpoint directory, or "random" (tests). For kind
+    "whisper": a Whisper checkpoint, or "encoder" for the encoder's own."""
     random_config: dict[str, Any] = field(default_factory=dict)
     """Config fields used when source == "random"."""
     num_layers: int | None = None

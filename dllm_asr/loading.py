@@ -8,15 +8,16 @@ import torch
 
 from .adapters import build_adapter
 from .checkpoint import CONFIG_FILE, load_deltas
-from .config import ModelConfig
+from .config import DEFAULT_MODEL, ModelConfig
 from .decoders import load_decoder
 from .decoders.base import resolve_dtype
-from .encoders import CTCHead, load_whisper_encoder
+from .decoders.whisper import load_whisper_text_decoder
+from .encoders import SHORT_NAMES, CTCHead, load_whisper_encoder, resolve_short_name
 from .lora import apply_lora
 from .model import SpeechLLM
+from .whisper_model import WhisperDiffusionASR
 
 MODELS_DIR = Path(__file__).parent / "assets" / "models"
-DEFAULT_MODEL = "dllm-asr-base-en"
 
 
 def decoder_num_layers(decoder: torch.nn.Module) -> int:
@@ -47,6 +48,8 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu",
     """
     dtype = resolve_dtype(dtype)
     encoder = build_encoder(config, dtype)
+    if config.decoder.kind == "whisper":
+        return build_whisper_model(config, encoder, dtype).to(device)
     decoder = load_decoder(config.decoder.kind, config.decoder.source, dtype=dtype,
                            random_config=config.decoder.random_config)
     if config.decoder.num_layers is not None:
@@ -61,6 +64,32 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu",
     return model.to(device)
 
 
+def whisper_decoder_dir(config: ModelConfig) -> Path:
+    """The Whisper checkpoint whose decoder a "whisper" decoder adapts: `decoder.source`, or the
+    encoder's checkpoint when that is empty or "encoder"."""
+    source = config.decoder.source if config.decoder.source not in ("", "encoder") else config.encoder.source
+    path = Path(source)
+    if not path.is_dir() and source in SHORT_NAMES:
+        path = resolve_short_name(source)
+    if not path.is_dir():
+        raise ValueError(f"model.decoder.source: Whisper checkpoint {source!r} is neither a directory nor one of "
+                         f"{', '.join(SHORT_NAMES)}")
+    return path
+
+
+def build_whisper_model(config: ModelConfig, encoder: torch.nn.Module, dtype: torch.dtype) -> WhisperDiffusionASR:
+    """The default model's family: Whisper's decoder adapted to diffusion, beside the original one."""
+    if config.lora.enabled:
+        raise ValueError("model.lora.enabled: the whisper decoder is fine-tuned in full; set lora.enabled false")
+    directory = whisper_decoder_dir(config)
+    base, tokenizer = load_whisper_text_decoder(directory, dtype=dtype)
+    decoder, _ = load_whisper_text_decoder(directory, dtype=dtype)
+    for part in (encoder, base, decoder):
+        part.requires_grad_(False)
+    ctc_head = CTCHead(encoder.d_model) if config.encoder.ctc_head else None
+    return WhisperDiffusionASR(config, encoder, decoder, base, tokenizer, ctc_head)
+
+
 def resolve_model_dir(path_or_name: str | Path) -> Path:
     """A checkpoint directory from a path or a shipped model name; the error lists the names."""
     path = Path(path_or_name)
@@ -70,9 +99,6 @@ def resolve_model_dir(path_or_name: str | Path) -> Path:
     if shipped.is_dir():
         return shipped
     names = sorted(p.name for p in MODELS_DIR.glob("*") if p.is_dir()) if MODELS_DIR.is_dir() else []
-    if str(path_or_name) == DEFAULT_MODEL:
-        raise ValueError(f"the default model {DEFAULT_MODEL} is not trained and shipped yet; pass --model with a "
-                         "checkpoint directory (train one with `dllm-asr train --config RECIPE.yaml`)")
     raise ValueError(f"{path_or_name}: no such checkpoint directory or shipped model "
                      f"(shipped: {', '.join(names) or 'none yet'})")
 

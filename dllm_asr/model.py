@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .audio import log_mel_batch
 from .config import ModelConfig
 from .decoders.base import position_ids_from_mask
+from .decoders.causal import GeneratedTokens, ar_generate
 
 
 @dataclass
@@ -76,9 +77,16 @@ class SpeechLLM(nn.Module):
                                        pad_to_30s=self.config.encoder.pad_to_30s)
         return feats.to(self.device), lengths.to(self.device)
 
+    def encode_hidden(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder's output (B, T, d) and valid frames (B,): what training may cache."""
+        return self.encoder(features.to(self._encoder_dtype()), feature_lengths)
+
     def encode(self, features: Tensor, feature_lengths: Tensor) -> AudioContext:
         """features (B, n_mels, T), feature_lengths (B,) -> AudioContext."""
-        hidden, hidden_lengths = self.encoder(features.to(self._encoder_dtype()), feature_lengths)
+        return self.audio_context(*self.encode_hidden(features, feature_lengths))
+
+    def audio_context(self, hidden: Tensor, hidden_lengths: Tensor) -> AudioContext:
+        """Encoder output -> AudioContext (CTC head and adapter applied)."""
         ctc = self.ctc_head(hidden.float()) if self.ctc_head is not None else None
         adapter_dtype = next(self.adapter.parameters()).dtype
         embeds, lengths = self.adapter(hidden.to(adapter_dtype), hidden_lengths)
@@ -87,6 +95,21 @@ class SpeechLLM(nn.Module):
     def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
         """Waveforms (16 kHz float32) -> AudioContext."""
         return self.encode(*self.features(audios))
+
+    @property
+    def supports_ar(self) -> bool:
+        """Whether `generate_ar` is meaningful: only a decoder trained with the AR objective."""
+        return self.config.objective == "ar"
+
+    def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1) -> GeneratedTokens:
+        """Autoregressive decoding after the `[prompt | audio]` prefix (the Whisper-LLaMA baseline)."""
+        embeds, mask = self.prefix(self.encode_audio(audios))
+        return ar_generate(self.decoder, embeds, mask, max_new_tokens, num_beams, self.eos_id)
+
+    def audio_free(self, audio: AudioContext) -> AudioContext:
+        """The same batch with no audio embeddings: the text-only deliberation control."""
+        empty = audio.embeds[:, :0]
+        return AudioContext(empty, torch.zeros_like(audio.lengths), audio.ctc_log_probs, audio.encoder_lengths)
 
     def pack(self, audio: AudioContext, response: Tensor, response_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Build left-padded decoder inputs `[prompt | audio_i | response_i]`.

@@ -79,6 +79,12 @@ class TrainConfig:
     save_every: int = 200
     seed: int = 0
     device: str = "auto"
+    cache_encoder_gb: float = 0.0
+    """Keep the frozen encoder's outputs of training clips in memory (fp16), up to this many GiB,
+    and reuse them in later epochs (0 = off). Pays off when epochs repeat clips unaugmented."""
+    attention_anneal_steps: int = 0
+    """Attention-mask annealing (DiffuLLaMA) for decoders that support it (kind "whisper"): the
+    response attention goes from causal to bidirectional linearly over this many steps (0 = off)."""
     stop_after_steps: int | None = None
     """Stop early at this global step (checkpoints as usual); for tests and time-boxed runs."""
     stop_after_minutes: float | None = None

@@ -15,6 +15,7 @@ micro-batch index before each forward pass, for the same two reasons.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -43,9 +44,10 @@ log = logging.getLogger("dllm_asr.train")
 def set_trainable(model: SpeechLLM, parts: tuple[str, ...]) -> list[nn.Parameter]:
     """Freeze everything but `parts` (adapter, ctc_head, lora, encoder, decoder); returns the trained parameters."""
     trained, found = [], set()
+    always_frozen = model.frozen_parameter_names() if hasattr(model, "frozen_parameter_names") else set()
     for name, param in model.named_parameters():
         part = "lora" if "lora_" in name else name.split(".")[0]
-        param.requires_grad_(part in parts)
+        param.requires_grad_(part in parts and name not in always_frozen)
         if param.requires_grad:
             trained.append(param)
             found.add(part)
@@ -55,11 +57,10 @@ def set_trainable(model: SpeechLLM, parts: tuple[str, ...]) -> list[nn.Parameter
     return trained
 
 
-def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig,
-                     generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig, generator: torch.Generator,
+                     encoder_cache: "EncoderCache | None" = None) -> tuple[Tensor, dict[str, float]]:
     """The loss of one micro-batch: masked diffusion (or next-token) plus the weighted CTC loss."""
-    feats, feat_lengths = core.features(audios)
-    audio = core.encode(feats, feat_lengths)
+    audio = core.audio_context(*encoder_cache.encode(core, audios)) if encoder_cache else core.encode(*core.features(audios))
     ids, text_lengths = encode_transcripts(core.tokenizer, texts, core.eos_id)
     ids = ids.to(core.device)
     stats: dict[str, float] = {}
@@ -78,6 +79,49 @@ def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig,
         stats["ctc_loss"] = ctc.item()
         loss = loss + cfg.ctc_weight * ctc
     return loss, stats
+
+
+class EncoderCache:
+    """Frozen-encoder outputs of training clips, kept in memory (fp16) and reused in later epochs.
+
+    Keyed by the waveform's bytes, so an augmented copy of a clip is a different entry; with
+    augmentation every epoch differs and the cache only costs memory (`max_gigabytes` bounds it:
+    past it, new outputs are computed and not kept). Exact up to fp16 rounding of the output.
+    """
+
+    def __init__(self, max_gigabytes: float):
+        self.max_bytes = int(max_gigabytes * 2**30)
+        self.bytes = 0
+        self.entries: dict[bytes, Tensor] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(audio) -> bytes:
+        return hashlib.sha1(audio.tobytes()).digest() + len(audio).to_bytes(8, "little")
+
+    def encode(self, core, audios) -> tuple[Tensor, Tensor]:
+        """Waveforms -> encoder output (B, T, d) zero-padded, and valid frames (B,)."""
+        keys = [self.key(a) for a in audios]
+        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        fresh = {}
+        if missing:
+            with torch.no_grad():
+                hidden, lengths = core.encode_hidden(*core.features([audios[i] for i in missing]))
+            for row, i in enumerate(missing):
+                fresh[keys[i]] = hidden[row, : int(lengths[row])].to(torch.float16).cpu()
+        self.hits += len(audios) - len(missing)
+        self.misses += len(missing)
+        for key, value in fresh.items():
+            if self.bytes + value.numel() * 2 <= self.max_bytes:
+                self.entries[key] = value
+                self.bytes += value.numel() * 2
+        rows = [self.entries.get(k, fresh.get(k)) for k in keys]
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        out = torch.zeros(len(rows), int(lengths.max()), rows[0].shape[-1])
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r.float()
+        dtype = next(core.encoder.parameters()).dtype
+        return out.to(core.device, dtype), lengths.to(core.device)
 
 
 def micro_batch_seed(seed: int, micro: int) -> int:
@@ -110,6 +154,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([params[n] for n in names], lr=cfg.schedule.lr,
                                            weight_decay=cfg.weight_decay)
         self.loader = MicroBatchLoader(cfg, self.dist)
+        use_cache = cfg.cache_encoder_gb > 0 and cfg.model.encoder.frozen
+        self.encoder_cache = EncoderCache(cfg.cache_encoder_gb) if use_cache else None
         self.step = 0
         self.best_wer = math.inf
         self.history: list[dict] = []
@@ -162,6 +208,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
+        if hasattr(self.model, "attention_reveal"):
+            anneal = cfg.attention_anneal_steps
+            self.model.attention_reveal = min(1.0, self.step / anneal) if anneal > 0 else 1.0
         if self.cfg.model.encoder.frozen:
             self.model.encoder.eval()
         totals = dict.fromkeys(self.stat_names(), 0.0)  # the same keys on every process
@@ -204,7 +253,7 @@ class Trainer:
         torch.manual_seed(seed)  # dropout
         generator = torch.Generator(device=self.dist.device).manual_seed(seed)  # masking noise
         with torch.autocast(self.dist.device.type, dtype=cfg.autocast_dtype, enabled=cfg.autocast_dtype is not None):
-            loss, stats = micro_batch_loss(self.model, audios, texts, cfg, generator)
+            loss, stats = micro_batch_loss(self.model, audios, texts, cfg, generator, self.encoder_cache)
         (loss / cfg.grad_accum).backward()
         return {**stats, "loss": loss.item()}
 

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from .audio import AudioError, SAMPLE_RATE, load_audio
-from .decoders import ar_generate
 from .decoding import DecodeOptions, decode, deliberate_semi_ar, mask_low_confidence, mask_random, pack_priors
 from .encoders import ctc_greedy_decode
 from .model import AudioContext, SpeechLLM
@@ -118,18 +117,29 @@ def tokenize_texts(model: SpeechLLM, texts: Sequence[str], max_tokens: int | Non
     return tokens.to(model.device), lengths.to(model.device)
 
 
-def ctc_priors(model: SpeechLLM, audio: AudioContext) -> list[str]:
-    """The CTC head's greedy transcripts (the dLLM-ASR "ASR prior")."""
-    if audio.ctc_log_probs is None:
-        raise ValueError("prior-guided decoding with the CTC prior needs a model with a CTC head")
-    return ctc_greedy_decode(audio.ctc_log_probs, audio.encoder_lengths)
-
-
 def check_strategy(model: SpeechLLM, strategy: str) -> None:
-    """A model trained with the AR objective is a causal LM: only the `ar` strategy can decode it."""
+    """A model trained with the AR objective is a causal LM: only the `ar` strategy can decode it;
+    and `ar` needs a model that has a causal decoder (an AR-objective model, or the Whisper
+    family, which keeps Whisper's pretrained decoder)."""
     if model.config.objective == "ar" and strategy != "ar":
         raise ValueError(f"this model was trained with objective 'ar' (a causal LM): decode it with "
                          f"--strategy ar, not {strategy!r}")
+    if strategy == "ar" and not model.supports_ar:
+        raise ValueError("--strategy ar: this model's decoder was trained for masked diffusion, not left to right; "
+                         "decode it with diffusion, semi-ar, threshold or prior")
+
+
+def model_priors(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext,
+                 options: TranscribeOptions) -> list[str]:
+    """The model's own prior transcripts for prior-guided decoding: its CTC head's greedy output
+    (dLLM-ASR's ASR prior) or, without one, its AR decoder's greedy output."""
+    if audio.ctc_log_probs is not None:
+        return ctc_greedy_decode(audio.ctc_log_probs, audio.encoder_lengths)
+    if model.supports_ar:
+        max_new = int(block_lengths(model, audios, options).max())
+        return [model.tokenizer.decode(row) for row in model.generate_ar(audios, max_new)]
+    raise ValueError("prior-guided decoding needs a prior: a model with a CTC head or an AR decoder, "
+                     "or priors given with the clips")
 
 
 @torch.no_grad()
@@ -138,16 +148,15 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
     """Transcribe a batch of 16 kHz waveforms. `priors` (texts) replace the CTC prior for `prior`."""
     check_strategy(model, options.strategy)
     model.eval()
-    audio = model.encode_audio(audios)
     if options.strategy == "ar":
-        embeds, mask = model.prefix(audio)
         max_new = int(block_lengths(model, audios, options).max())
-        rows = ar_generate(model.decoder, embeds, mask, max_new, options.num_beams, model.eos_id)
+        rows = model.generate_ar(audios, max_new, options.num_beams)
         return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r))
                 for r in rows]
+    audio = model.encode_audio(audios)
     predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
     if options.strategy == "prior":
-        texts = list(priors) if priors is not None else ctc_priors(model, audio)
+        texts = list(priors) if priors is not None else model_priors(model, audios, audio, options)
         cap = max(1, model.config.max_response_tokens - options.margin)
         prior, lengths = tokenize_texts(model, texts, max_tokens=cap)
         result = decode(predictor, prior, decode_options(model, options), lengths)
@@ -156,12 +165,6 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
         init = torch.full((len(audios), int(lengths.max())), model.mask_id, dtype=torch.long, device=model.device)
         result = decode(predictor, init, decode_options(model, options), lengths)
     return _texts(model, result, options.trace)
-
-
-def text_only(audio: AudioContext) -> AudioContext:
-    """The same batch with no audio embeddings: the text-only deliberation control."""
-    empty = audio.embeds[:, :0]
-    return AudioContext(empty, torch.zeros_like(audio.lengths), audio.ctc_log_probs, audio.encoder_lengths)
 
 
 @torch.no_grad()
@@ -180,7 +183,7 @@ def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Seq
     model.eval()
     audio = model.encode_audio(audios)
     if not use_audio:
-        audio = text_only(audio)
+        audio = model.audio_free(audio)
     predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
     prior, lengths = tokenize_texts(model, priors)
     options = replace(options, strategy="diffusion")

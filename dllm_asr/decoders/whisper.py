@@ -1,0 +1,247 @@
+"""Whisper's own text decoder, usable both ways: causally (the pretrained AR model) and as a
+masked-diffusion decoder over a response block (docs/default-model.md).
+
+The decoder attends to the encoder output through its pretrained cross-attention, so a
+diffusion decoder adapted from it reads the audio from its first training step: there is no
+adapter to learn. Two choices follow the literature on adapting AR models into diffusion models
+(DiffuLLaMA, arXiv 2410.17891; docs/algorithms.md):
+
+* the *shift*: the hidden state at position i predicts the token at i + 1, exactly as in AR
+  training, so the pretrained output alignment is kept. The response block's logits therefore
+  come from the positions one to the left of the response (the last prompt token predicts the
+  first response token);
+* a learned [MASK] embedding (one id past the vocabulary) stands for an undecided token.
+
+Logits cover the text tokens and EOS only (ids 0..eot): Whisper's special and timestamp tokens
+are never predicted, as Whisper's own decoding suppresses them, and neither is [MASK].
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import WhisperConfig
+from transformers.models.whisper import modeling_whisper
+
+from .base import DecoderLoadError
+
+
+class WhisperTokenizer:
+    """Whisper's byte-level BPE (``tokenizer.json``) with the conventions of its transcripts.
+
+    Whisper writes a transcript with a leading space (" The cat."), so ``__call__`` adds one;
+    ``decode`` drops special tokens (ids past EOS) and strips. Duck-types the parts of a
+    transformers tokenizer the toolkit uses: ``__call__(text, add_special_tokens=False)``,
+    ``decode(ids, skip_special_tokens=True)``, ``len()``, ``convert_tokens_to_ids``.
+    """
+
+    def __init__(self, tokenizer_file: str | os.PathLike):
+        from transformers import PreTrainedTokenizerFast
+
+        self.fast = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+        self.eot = self.token_id("<|endoftext|>")
+        self.sot = self.token_id("<|startoftranscript|>")
+        self.no_timestamps = self.token_id("<|notimestamps|>")
+        self.english_only = self.fast.convert_tokens_to_ids("<|en|>") in (None, self.fast.unk_token_id)
+
+    def token_id(self, token: str) -> int:
+        value = self.fast.convert_tokens_to_ids(token)
+        if value is None or value == self.fast.unk_token_id:
+            raise DecoderLoadError(f"Whisper tokenizer has no {token} token")
+        return int(value)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.token_id(token)
+
+    def prompt_ids(self, language: str = "en") -> list[int]:
+        """Whisper's decoder prompt for transcription without timestamps."""
+        if self.english_only:
+            return [self.sot, self.no_timestamps]
+        return [self.sot, self.token_id(f"<|{language}|>"), self.token_id("<|transcribe|>"), self.no_timestamps]
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        text = text.strip()
+        return {"input_ids": self.fast.encode(" " + text if text else "", add_special_tokens=False)}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            ids = [i for i in ids if i < self.eot]
+        return self.fast.decode(ids).strip()
+
+    def __len__(self) -> int:
+        return len(self.fast)
+
+
+@dataclass
+class CrossCache:
+    """Per-layer keys and values of the encoder output, (B, H, T, hd) each, and its key mask (B, 1, 1, T)."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    mask: Tensor
+
+    def select(self, rows: Tensor) -> "CrossCache":
+        width = int(self.mask[rows].sum(dim=-1).max())
+        return CrossCache([k[rows, :, :width] for k in self.keys], [v[rows, :, :width] for v in self.values],
+                          self.mask[rows, ..., :width])
+
+
+class WhisperTextDecoder(nn.Module):
+    """Whisper's decoder stack (token + learned position embeddings, pre-norm layers with self- and
+    cross-attention, final norm, output tied to the token embedding) with its own forward, so that
+    the self-attention mask can be causal, bidirectional or anything between.
+
+    Attributes: ``vocab_size`` (logit width: text tokens + EOS), ``mask_token_id`` (one past the
+    embedding table), ``eos_token_id``, ``hidden_size``, ``num_layers``, ``max_positions``.
+    """
+
+    def __init__(self, config: WhisperConfig, eos_token_id: int):
+        super().__init__()
+        reference = modeling_whisper.WhisperDecoder(config)
+        self.embed_tokens = reference.embed_tokens
+        self.embed_positions = reference.embed_positions
+        self.layers = reference.layers
+        self.layer_norm = reference.layer_norm
+        self.mask_embedding = nn.Parameter(torch.zeros(config.d_model))
+        self.config = config
+        self.num_heads = config.decoder_attention_heads
+        self.hidden_size = config.d_model
+        self.num_layers = config.decoder_layers
+        self.max_positions = config.max_target_positions
+        self.eos_token_id = eos_token_id
+        self.vocab_size = eos_token_id + 1
+        self.mask_token_id = config.vocab_size
+
+    def init_mask_embedding(self) -> None:
+        """Start [MASK] at the mean token embedding (a neutral point of the input space)."""
+        with torch.no_grad():
+            self.mask_embedding.copy_(self.embed_tokens.weight[: self.vocab_size].mean(dim=0))
+
+    def embed(self, ids: Tensor, positions: Tensor) -> Tensor:
+        """ids (B, S) with `mask_token_id` allowed, positions (B, S) -> (B, S, D)."""
+        is_mask = ids == self.mask_token_id
+        tokens = self.embed_tokens(ids.masked_fill(is_mask, 0))
+        tokens = torch.where(is_mask[..., None], self.mask_embedding.to(tokens.dtype), tokens)
+        return tokens + self.embed_positions.weight[positions].to(tokens.dtype)
+
+    def cross_cache(self, encoder_hidden: Tensor, encoder_lengths: Tensor) -> CrossCache:
+        """Keys/values of every layer's cross-attention, computed once per batch of audio.
+
+        encoder_hidden (B, T, d_enc); encoder_lengths (B,) valid frames.
+        """
+        batch, frames, _ = encoder_hidden.shape
+        keys, values = [], []
+        for layer in self.layers:
+            attention = layer.encoder_attn
+            keys.append(self._heads(attention.k_proj(encoder_hidden)))
+            values.append(self._heads(attention.v_proj(encoder_hidden)))
+        valid = torch.arange(frames, device=encoder_hidden.device)[None] < encoder_lengths.to(encoder_hidden.device)[:, None]
+        return CrossCache(keys, values, valid[:, None, None, :])
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:
+        batch, _, length, head_dim = x.shape
+        return x.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim)
+
+    def forward(self, ids: Tensor, positions: Tensor, self_mask: Tensor, cross: CrossCache,
+                past: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Hidden states after the final norm.
+
+        ids (B, S); positions (B, S); self_mask (B, 1, S, S_past + S) bool, True = may attend;
+        cross: the batch's `CrossCache`; past: per-layer self-attention keys/values of earlier
+        positions (AR decoding with a KV cache), or None. Returns hidden (B, S, D) and the
+        per-layer keys/values including these positions.
+        """
+        x = self.embed(ids, positions)
+        dropout = self.config.dropout if self.training else 0.0
+        present = []
+        for index, layer in enumerate(self.layers):
+            normed = layer.self_attn_layer_norm(x)
+            attention = layer.self_attn
+            keys, values = self._heads(attention.k_proj(normed)), self._heads(attention.v_proj(normed))
+            if past is not None:
+                keys = torch.cat([past[index][0], keys], dim=2)
+                values = torch.cat([past[index][1], values], dim=2)
+            present.append((keys, values))
+            context = F.scaled_dot_product_attention(self._heads(attention.q_proj(normed)), keys, values,
+                                                     attn_mask=self_mask)
+            x = x + F.dropout(attention.out_proj(self._merge(context)), dropout, self.training)
+            normed = layer.encoder_attn_layer_norm(x)
+            context = F.scaled_dot_product_attention(self._heads(layer.encoder_attn.q_proj(normed)),
+                                                     cross.keys[index], cross.values[index], attn_mask=cross.mask)
+            x = x + F.dropout(layer.encoder_attn.out_proj(self._merge(context)), dropout, self.training)
+            hidden = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
+            x = x + F.dropout(layer.fc2(hidden), dropout, self.training)
+        return self.layer_norm(x), present
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden (..., D) -> logits over text tokens and EOS (..., vocab_size), float32."""
+        return (hidden @ self.embed_tokens.weight[: self.vocab_size].T.to(hidden.dtype)).float()
+
+
+def whisper_decoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``model.decoder.*`` part of a WhisperForConditionalGeneration state dict, unprefixed."""
+    prefix = "model.decoder."
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def load_whisper_text_decoder(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32
+                              ) -> tuple[WhisperTextDecoder, WhisperTokenizer]:
+    """Whisper's pretrained decoder and tokenizer from a CTranslate2 or transformers directory."""
+    from ..ct2 import load_ct2_whisper
+
+    path = Path(model_dir)
+    if (path / "model.bin").is_file():
+        config, state = load_ct2_whisper(path)
+    elif (path / "config.json").is_file():
+        from ..encoders import _hf_weight_files
+        from safetensors.torch import load_file
+
+        config = WhisperConfig.from_pretrained(path)
+        state = {}
+        for file in _hf_weight_files(path):
+            state.update(load_file(str(file)) if file.suffix == ".safetensors" else {})
+    else:
+        raise DecoderLoadError(f"{path} is not a Whisper model directory (model.bin or config.json)")
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise DecoderLoadError(f"{path}: no tokenizer.json beside the Whisper weights")
+    tokenizer = WhisperTokenizer(tokenizer_file)
+    decoder = WhisperTextDecoder(config, eos_token_id=tokenizer.eot)
+    decoder_state = whisper_decoder_state(state)
+    if not decoder_state:
+        raise DecoderLoadError(f"{path}: the checkpoint has no decoder weights (model.decoder.*)")
+    decoder_state["mask_embedding"] = torch.zeros(config.d_model)
+    decoder.load_state_dict(decoder_state, strict=True)
+    decoder.init_mask_embedding()
+    return decoder.to(dtype).eval(), tokenizer
+
+
+def causal_mask(length: int, past: int, device: torch.device) -> Tensor:
+    """(1, 1, length, past + length) bool: position i may see every earlier position and itself."""
+    rows = torch.arange(length, device=device)[:, None] + past
+    return (torch.arange(past + length, device=device)[None] <= rows)[None, None]
+
+
+def annealed_mask(length: int, reveal: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Attention-mask annealing (DiffuLLaMA): causal, plus each future key revealed with probability
+    `reveal` (0 = causal, 1 = bidirectional). Returns (1, 1, length, length) bool."""
+    causal = causal_mask(length, 0, device)
+    if reveal >= 1:
+        return torch.ones_like(causal)
+    if reveal <= 0:
+        return causal
+    draws = torch.rand(length, length, generator=generator, device=device)[None, None]
+    return causal | (draws < reveal)
+
+
+__all__ = ["CrossCache", "WhisperTextDecoder", "WhisperTokenizer", "annealed_mask", "causal_mask",
+           "load_whisper_text_decoder"]

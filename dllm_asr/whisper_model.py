@@ -1,0 +1,198 @@
+"""WhisperDiffusionASR: the default model's family. A frozen Whisper encoder, and Whisper's own
+decoder adapted into a masked-diffusion decoder that reads the audio through its pretrained
+cross-attention (docs/default-model.md).
+
+The model keeps the unmodified pretrained decoder beside the adapted one: run causally with a KV
+cache, it is the AR baseline and the source of AR priors (deliberation, prior-guided decoding),
+and it shares the frozen token embedding with the diffusion decoder. A checkpoint stores only
+what training changed (the diffusion decoder's layers, positions, norm and [MASK] embedding, and
+a CTC head if any); the base weights come from the Whisper checkpoint the config names.
+
+It offers the same methods as `SpeechLLM` (features, encode, response_logits, mask_predictor,
+generate_ar, ...), so training, every decoding strategy, evaluation and the CLI work unchanged.
+The decoder's response block is `[prompt | response]` with Whisper's prompt
+(`<|startoftranscript|><|notimestamps|>` for English-only models); rows are right-padded, since
+Whisper's learned positions start at 0 for every row.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .audio import log_mel_batch
+from .config import ModelConfig
+from .decoders.causal import GeneratedTokens
+from .decoders.whisper import CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask
+from .model import AudioContext
+
+
+class WhisperDiffusionASR(nn.Module):
+    """Whisper encoder + Whisper decoder adapted to masked diffusion (+ the original decoder for AR)."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: WhisperTextDecoder,
+                 base_decoder: WhisperTextDecoder, tokenizer: WhisperTokenizer, ctc_head: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.decoder = decoder
+        self.base_decoder = base_decoder
+        self.decoder.embed_tokens = base_decoder.embed_tokens  # one frozen table for both
+        self.ctc_head = ctc_head
+        self.adapter = None
+        self._tokenizer = tokenizer
+        self.register_buffer("prompt_ids", torch.tensor(tokenizer.prompt_ids(), dtype=torch.long), persistent=False)
+        self.attention_reveal = 1.0
+        """Training only: the probability that a response position sees a later one (attention-mask
+        annealing; 1.0 = bidirectional, the decoding-time attention). Set by the trainer."""
+
+    # ---------------------------------------------------------------- what callers read
+
+    @property
+    def tokenizer(self) -> WhisperTokenizer:
+        return self._tokenizer
+
+    @property
+    def mask_id(self) -> int:
+        return self.decoder.mask_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.decoder.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_ids.device
+
+    @property
+    def supports_ar(self) -> bool:
+        """The pretrained decoder is kept, so `--strategy ar` runs Whisper's own AR decoding."""
+        return True
+
+    def delta_parameter_names(self) -> list[str]:
+        """What a checkpoint stores: the adapted decoder (not the shared frozen embedding) and a CTC head."""
+        return [name for name, _ in self.named_parameters()
+                if (name.startswith("decoder.") and name != "decoder.embed_tokens.weight")
+                or name.startswith("ctc_head.")]
+
+    def frozen_parameter_names(self) -> set[str]:
+        """Parameters no training stage may change, whatever parts it names."""
+        return {"decoder.embed_tokens.weight"}
+
+    # ---------------------------------------------------------------- audio
+
+    def features(self, audios: Sequence[np.ndarray], pad_to_30s: bool | None = None) -> tuple[Tensor, Tensor]:
+        """16 kHz waveforms -> log-mel features (B, n_mels, T) and frame counts (B,)."""
+        pad = self.config.encoder.pad_to_30s if pad_to_30s is None else pad_to_30s
+        feats, lengths = log_mel_batch(list(audios), n_mels=self.encoder.n_mels, pad_to_30s=pad)
+        return feats.to(self.device), lengths.to(self.device)
+
+    def encode_hidden(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The frozen encoder's output (B, T, d) and valid frames (B,): what training may cache."""
+        dtype = next(self.encoder.parameters()).dtype
+        return self.encoder(features.to(dtype), feature_lengths)
+
+    def audio_context(self, hidden: Tensor, hidden_lengths: Tensor) -> AudioContext:
+        """Encoder output -> AudioContext (the CTC head, if any, is applied here)."""
+        ctc = self.ctc_head(hidden.float()) if self.ctc_head is not None else None
+        return AudioContext(hidden, hidden_lengths, ctc, hidden_lengths)
+
+    def encode(self, features: Tensor, feature_lengths: Tensor) -> AudioContext:
+        return self.audio_context(*self.encode_hidden(features, feature_lengths))
+
+    def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
+        return self.encode(*self.features(audios))
+
+    def audio_free(self, audio: AudioContext) -> AudioContext:
+        """The text-only control: the encoder's output for silence of one second per row, so the
+        decoder hears nothing (cross-attention needs at least one frame)."""
+        silence = [np.zeros(16000, dtype=np.float32)] * audio.embeds.shape[0]
+        return self.encode_audio(silence)
+
+    # ---------------------------------------------------------------- diffusion
+
+    def _cross(self, audio: AudioContext, decoder: WhisperTextDecoder) -> CrossCache:
+        return decoder.cross_cache(audio.embeds.to(decoder.embed_tokens.weight.dtype), audio.lengths)
+
+    def _self_mask(self, prompt: int, length: int, lengths: Tensor, causal: bool,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """(B, 1, P+L, P+L) bool. Keys past a row's response are hidden; the response block is
+        bidirectional (or causal, or annealed during training)."""
+        total = prompt + length
+        device = lengths.device
+        if causal:
+            mask = causal_mask(total, 0, device)
+        else:
+            reveal = self.attention_reveal if self.training else 1.0
+            mask = annealed_mask(total, reveal, generator, device)
+        keys_valid = torch.arange(total, device=device)[None] < (prompt + lengths)[:, None]
+        return mask & keys_valid[:, None, None, :]
+
+    def response_logits(self, audio: AudioContext, tokens: Tensor, lengths: Tensor | None = None,
+                        causal: bool = False, cross: CrossCache | None = None) -> Tensor:
+        """Logits over the response block, (B, L, V).
+
+        tokens (B, L) ids (mask id at undecided positions); lengths (B,) valid positions. With the
+        shift, logits[:, i] (predicting tokens[:, i]) come from the position before it.
+        causal=True: teacher-forced AR logits of the adapted decoder.
+        """
+        batch, length = tokens.shape
+        if lengths is None:
+            lengths = torch.full((batch,), length, device=tokens.device)
+        prompt = self.prompt_ids.shape[0]
+        ids = torch.cat([self.prompt_ids[None].expand(batch, -1), tokens], dim=1)
+        positions = torch.arange(prompt + length, device=tokens.device)[None].expand(batch, -1)
+        mask = self._self_mask(prompt, length, lengths.to(tokens.device), causal)
+        cross = self._cross(audio, self.decoder) if cross is None else cross
+        hidden, _ = self.decoder(ids, positions, mask, cross)
+        return self.decoder.logits(hidden[:, prompt - 1: prompt + length - 1])
+
+    def mask_predictor(self, audio: AudioContext, prefix_cache: bool = False) -> Callable[..., Tensor]:
+        """A mask predictor for `dllm_asr.decoding.decode`. The encoder's keys/values of every
+        cross-attention layer are computed once here and reused at every step (exact: they do
+        not depend on the response); `prefix_cache` has nothing more to cache for this model."""
+        cross = self._cross(audio, self.decoder)
+
+        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
+            rows = rows.to(cross.mask.device)
+            return self.response_logits(audio, tokens, lengths, cross=cross.select(rows))
+
+        return predict
+
+    # ---------------------------------------------------------------- autoregressive
+
+    @torch.no_grad()
+    def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1) -> GeneratedTokens:
+        """Whisper's own greedy decoding with the pretrained decoder and a KV cache, on 30-s padded
+        input as Whisper was trained. Special and timestamp tokens are suppressed, and EOS at the
+        first step (Whisper's suppress_blank). Returns one token list per row and `.nfe`."""
+        if num_beams != 1:
+            raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
+        audio = self.encode(*self.features(audios, pad_to_30s=True))
+        decoder = self.base_decoder
+        cross = self._cross(audio, decoder)
+        batch = len(audios)
+        limit = min(max_new_tokens, decoder.max_positions - self.prompt_ids.shape[0])
+        ids = self.prompt_ids[None].expand(batch, -1)
+        positions = torch.arange(ids.shape[1], device=self.device)[None].expand(batch, -1)
+        hidden, past = decoder(ids, positions, causal_mask(ids.shape[1], 0, self.device), cross)
+        out = torch.full((batch, 0), self.eos_id, dtype=torch.long, device=self.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        nfe = 1
+        for step in range(limit):
+            logits = decoder.logits(hidden[:, -1])
+            if step == 0:
+                logits[:, self.eos_id] = float("-inf")
+            token = logits.argmax(-1).masked_fill(done, self.eos_id)
+            out = torch.cat([out, token[:, None]], dim=1)
+            done |= token == self.eos_id
+            if bool(done.all()) or step == limit - 1:
+                break
+            position = torch.full((batch, 1), ids.shape[1] + step, device=self.device)
+            hidden, past = decoder(token[:, None], position, causal_mask(1, past[0][0].shape[2], self.device),
+                                   cross, past)
+            nfe += 1
+        rows = [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in out.tolist()]
+        return GeneratedTokens(rows, nfe=nfe)

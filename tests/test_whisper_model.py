@@ -1,0 +1,127 @@
+"""The default model's family: Whisper's own decoder, run causally and adapted to masked diffusion."""
+
+import pytest
+import torch
+
+from dllm_asr.audio import load_audio
+from dllm_asr.checkpoint import WEIGHTS_FILE, save_model
+from dllm_asr.config import DecoderConfig, EncoderConfig, LoraSettings, ModelConfig
+from dllm_asr.loading import build_model, load_model
+from dllm_asr.metrics import normalize as normalize_text
+from dllm_asr.transcribe import TranscribeOptions, deliberate_batch, transcribe_batch
+from tests.conftest import ASSETS
+
+
+def whisper_config(**changes) -> ModelConfig:
+    return ModelConfig(encoder=EncoderConfig(source="whisper-tiny.en", ctc_head=False),
+                       decoder=DecoderConfig(kind="whisper", source="encoder", frozen=False),
+                       lora=LoraSettings(enabled=False), max_response_tokens=64, **changes)
+
+
+@pytest.fixture(scope="module")
+def whisper_model():
+    torch.manual_seed(0)
+    return build_model(whisper_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def example():
+    return load_audio(ASSETS / "example.wav")
+
+
+def test_ar_baseline_matches_faster_whisper_on_the_example(whisper_model, example):
+    faster_whisper = pytest.importorskip("faster_whisper")
+    from dllm_asr.encoders import resolve_short_name
+
+    reference = faster_whisper.WhisperModel(str(resolve_short_name("whisper-tiny.en")), device="cpu",
+                                            compute_type="float32")
+    segments, _ = reference.transcribe(str(ASSETS / "example.wav"), beam_size=1, without_timestamps=True,
+                                       condition_on_previous_text=False, vad_filter=False)
+    expected = " ".join(s.text.strip() for s in segments)
+    ours = transcribe_batch(whisper_model, [example], TranscribeOptions(strategy="ar"))[0].text
+    assert normalize_text(ours) == normalize_text(expected)
+    assert normalize_text(ours) == normalize_text((ASSETS / "example.txt").read_text())
+
+
+def test_shifted_logits_reproduce_the_pretrained_ar_decoding(whisper_model, example):
+    """Before any training the adapted decoder is the pretrained one: with causal attention and the
+    shift, teacher-forced logits at response position i must predict the AR model's token i."""
+    generated = whisper_model.generate_ar([example], 40)[0]
+    tokens = torch.tensor([generated + [whisper_model.eos_id]])
+    audio = whisper_model.encode(*whisper_model.features([example], pad_to_30s=True))
+    logits = whisper_model.response_logits(audio, tokens, causal=True)
+    assert logits.shape == (1, tokens.shape[1], whisper_model.decoder.vocab_size)
+    logits[0, 0, whisper_model.eos_id] = float("-inf")  # as AR decoding's first step (suppress_blank)
+    assert logits.argmax(-1)[0].tolist() == tokens[0].tolist()
+
+
+def test_a_rows_logits_do_not_depend_on_its_batch(whisper_model, example):
+    short = example[: len(example) // 3]
+    audio = whisper_model.encode_audio([example, short])
+    tokens = torch.full((2, 12), whisper_model.mask_id)
+    tokens[0, :3] = torch.tensor([383, 2068, 7586])
+    lengths = torch.tensor([12, 7])
+    batched = whisper_model.response_logits(audio, tokens, lengths)
+    alone = whisper_model.response_logits(whisper_model.encode_audio([short]), tokens[1:, :7], lengths[1:])
+    torch.testing.assert_close(batched[1, :7], alone[0], atol=2e-4, rtol=1e-4)
+
+
+def test_mask_is_an_input_only_token(whisper_model):
+    decoder = whisper_model.decoder
+    assert decoder.vocab_size == whisper_model.eos_id + 1 <= whisper_model.mask_id
+    assert whisper_model.tokenizer.decode([whisper_model.eos_id, 50257, 50362]) == ""
+    assert whisper_model.tokenizer("Hello there.")["input_ids"][0] == whisper_model.tokenizer.fast.encode(" Hello", add_special_tokens=False)[0]
+
+
+@pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])
+def test_every_strategy_decodes_the_whisper_model(whisper_model, example, strategy):
+    result = transcribe_batch(whisper_model, [example, example[:16000]],
+                              TranscribeOptions(strategy=strategy, steps=8, num_blocks=2))
+    assert len(result) == 2 and all(r.nfe >= 1 for r in result)
+    assert all(whisper_model.mask_id not in r.tokens for r in result)
+
+
+@pytest.mark.parametrize("mask", ["random", "low-confidence", "semi-ar"])
+@pytest.mark.parametrize("use_audio", [True, False])
+def test_deliberation_runs_with_and_without_audio(whisper_model, example, mask, use_audio):
+    prior = (ASSETS / "example.txt").read_text()
+    result = deliberate_batch(whisper_model, [example], [prior], mask=mask, use_audio=use_audio)
+    assert len(result) == 1 and whisper_model.mask_id not in result[0].tokens
+
+
+def test_checkpoint_holds_only_the_adapted_decoder(whisper_model, example, tmp_path):
+    with torch.no_grad():
+        whisper_model.decoder.mask_embedding.add_(0.5)
+        whisper_model.decoder.layers[0].fc1.bias.add_(0.01)
+    try:
+        save_model(whisper_model, tmp_path)
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / WEIGHTS_FILE), "pt") as handle:
+            names = set(handle.keys())
+        assert "decoder.mask_embedding" in names and "decoder.layers.0.fc1.bias" in names
+        assert not any(n.startswith(("base_decoder.", "encoder.")) or "embed_tokens" in n for n in names)
+        loaded = load_model(tmp_path)
+        tokens = torch.full((1, 10), whisper_model.mask_id)
+        expected = whisper_model.response_logits(whisper_model.encode_audio([example]), tokens)
+        torch.testing.assert_close(loaded.response_logits(loaded.encode_audio([example]), tokens), expected)
+        # The AR baseline is the untouched pretrained decoder, whatever the deltas.
+        assert loaded.generate_ar([example], 20)[0] == whisper_model.generate_ar([example], 20)[0]
+    finally:
+        with torch.no_grad():
+            whisper_model.decoder.mask_embedding.sub_(0.5)
+            whisper_model.decoder.layers[0].fc1.bias.sub_(0.01)
+
+
+def test_annealed_attention_goes_from_causal_to_bidirectional(whisper_model):
+    whisper_model.train()
+    try:
+        lengths = torch.tensor([6])
+        whisper_model.attention_reveal = 0.0
+        causal = whisper_model._self_mask(2, 6, lengths, causal=False)
+        whisper_model.attention_reveal = 1.0
+        full = whisper_model._self_mask(2, 6, lengths, causal=False)
+    finally:
+        whisper_model.eval()
+    assert torch.equal(causal[0, 0], torch.ones(8, 8).tril().bool())
+    assert bool(full.all())
