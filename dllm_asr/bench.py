@@ -21,14 +21,19 @@ from .transcribe import TranscribeOptions
 
 DEFAULT_GRID: list[dict[str, Any]] = [
     {"name": "diffusion, 1 step", "strategy": "diffusion", "steps": 1},
+    {"name": "diffusion, 4 steps", "strategy": "diffusion", "steps": 4},
     {"name": "diffusion, 8 steps", "strategy": "diffusion", "steps": 8},
+    {"name": "diffusion, 16 steps", "strategy": "diffusion", "steps": 16},
     {"name": "diffusion, 32 steps", "strategy": "diffusion", "steps": 32},
     {"name": "diffusion, 32 steps, prefix cache", "strategy": "diffusion", "steps": 32, "prefix_cache": True},
     {"name": "diffusion, 64 steps", "strategy": "diffusion", "steps": 64},
     {"name": "semi-AR, 4 blocks x 8 steps", "strategy": "semi-ar", "steps": 32, "num_blocks": 4},
     {"name": "threshold 0.9", "strategy": "threshold", "threshold": 0.9},
-    {"name": "prior-guided (CTC prior)", "strategy": "prior", "steps": 8},
+    {"name": "prior-guided (CTC prior)", "strategy": "prior", "steps": 8, "prior": "ctc"},
 ]
+
+FASTER_WHISPER_ROW: dict[str, Any] = {"name": "faster-whisper tiny.en int8 (greedy)", "external": "faster-whisper"}
+"""`dllm-asr bench --against faster-whisper`: the CPU user's alternative, on the same clips in the same run."""
 
 AR_GRID: list[dict[str, Any]] = [
     {"name": "AR greedy", "model": "ar", "strategy": "ar"},
@@ -52,9 +57,19 @@ def read_grid(path: str | None, with_ar: bool) -> list[dict[str, Any]]:
 
 def run_one(run: dict[str, Any], models: dict, utterances: list[Utterance], ar_hyps: dict[str, str] | None,
             batch_size: int) -> EvalReport:
+    """One grid row. Raises ValueError when the model cannot run it (the row is then skipped)."""
+    if run.get("external") == "faster-whisper":
+        from .external import FasterWhisperOptions, evaluate_faster_whisper
+
+        settings = {k: v for k, v in run.items() if k not in ("name", "external")}
+        return evaluate_faster_whisper(utterances, FasterWhisperOptions(**settings))
     settings = {k: v for k, v in run.items() if k not in ("name", "model", "deliberate", "prior")}
     options = TranscribeOptions(**settings)
+    if run.get("model", "diffusion") not in models:
+        raise ValueError("needs an AR model (--ar-model)")
     model = models[run.get("model", "diffusion")]
+    if run.get("prior") == "ctc" and model.ctc_head is None:
+        raise ValueError("needs a CTC head, which this model has not")
     deliberation = run.get("deliberate")
     if deliberation or run.get("prior") == "ar":
         if ar_hyps is None:
@@ -65,15 +80,31 @@ def run_one(run: dict[str, Any], models: dict, utterances: list[Utterance], ar_h
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
-    columns = ["name", "wer", "rtf", "rtfx", "mean_nfe", "utterances"]
+    columns = ["name", "wer", "rtf", "rtfx", "mean_nfe", "utterances", "note"]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{c: r.get(c, "") for c in columns} for r in rows])
     lines = ["| system | WER % | RTF | RTFx | mean NFE |", "|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {100 * r['wer']:.2f} | {r['rtf']:.4f} | {r['rtfx']:.1f} | {r['mean_nfe']:.1f} |"
-              for r in rows]
+    for r in rows:
+        if r.get("note"):
+            lines.append(f"| {r['name']} | skipped: {r['note']} | | | |")
+        else:
+            lines.append(f"| {r['name']} | {100 * r['wer']:.2f} | {r['rtf']:.4f} | {r['rtfx']:.1f} | "
+                         f"{r['mean_nfe']:.1f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n\nWER with the Whisper English normaliser.\n")
+
+
+def read_measured_rows(out_dir: Path) -> list[dict[str, Any]]:
+    """The measured (not skipped) rows of an earlier run's results.csv, numbers parsed."""
+    path = out_dir / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if not r.get("note")]
+    numbers = ("wer", "rtf", "rtfx", "mean_nfe")
+    return [{**r, **{k: float(r[k]) for k in numbers}, "utterances": int(r["utterances"])} for r in rows
+            if "AR" not in r["name"] and "deliberation" not in r["name"]]
 
 
 MARKERS = "osD^v<>p*"
@@ -95,6 +126,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for index, r in enumerate(rows):  # a legend, not annotations: close points would overprint
+        if r.get("note"):
+            continue
         ax.scatter(r["rtf"], 100 * r["wer"], s=40, label=r["name"], **point_style(index))
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
@@ -111,25 +144,40 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
 def run_bench(model: str, data: str, out: str, grid: str | None = None, device: str = "auto",
               dtype: str = "float32", max_utterances: int | None = None, batch_size: int = 8,
-              ar_model: str | None = None) -> list[dict[str, Any]]:
-    """Run every grid entry on `data` and write the tables and the plot into `out`."""
+              ar_model: str | None = None, against: str | None = None, reuse: bool = False) -> list[dict[str, Any]]:
+    """Run every grid entry on `data` and write the tables and the plot into `out` after each row.
+
+    against="faster-whisper" adds faster-whisper tiny.en (int8) on the same clips. reuse=True keeps
+    the rows an earlier run already wrote to `out`/results.csv and measures only the others (the
+    AR-dependent rows then need the AR row to be measured again)."""
     from .distributed import pick_device
     from .loading import load_model
 
     models = {"diffusion": load_model(model, device=pick_device(device), dtype=dtype)}
     if ar_model:
         models["ar"] = load_model(ar_model, device=pick_device(device), dtype=dtype)
+    elif models["diffusion"].supports_ar:  # the Whisper family carries its own AR baseline
+        models["ar"] = models["diffusion"]
     utterances = load_dataset(data, on_error="skip")[:max_utterances]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, ar_hyps = [], None
-    for run in read_grid(grid, with_ar=ar_model is not None):
-        report = run_one(run, models, utterances, ar_hyps, batch_size)
-        if run.get("strategy") == "ar":
-            ar_hyps = report.hyps
-        rows.append({"name": run["name"], "wer": report.wer, "rtf": report.rtf, "rtfx": 1 / max(report.rtf, 1e-12),
-                     "mean_nfe": report.mean_nfe, "utterances": len(report.hyps)})
-        print(f"{run['name']:<45} {report.summary()}", flush=True)
-    write_tables(rows, out_dir)
-    plot(rows, out_dir)
+    rows, ar_hyps = read_measured_rows(out_dir) if reuse else [], None
+    done = {r["name"] for r in rows}
+    for run in read_grid(grid, with_ar="ar" in models) + ([FASTER_WHISPER_ROW] if against == "faster-whisper" else []):
+        if run["name"] in done:
+            continue
+        try:
+            report = run_one(run, models, utterances, ar_hyps, batch_size)
+        except ValueError as err:  # a row this model cannot run: say so in the table, keep the rest
+            rows.append({"name": run["name"], "note": str(err)})
+            print(f"{run['name']:<45} skipped: {err}", flush=True)
+        else:
+            if run.get("strategy") == "ar":
+                ar_hyps = report.hyps
+            rows.append({"name": run["name"], "wer": report.wer, "rtf": report.rtf,
+                         "rtfx": 1 / max(report.rtf, 1e-12), "mean_nfe": report.mean_nfe,
+                         "utterances": len(report.hyps)})
+            print(f"{run['name']:<45} {report.summary()}", flush=True)
+        write_tables(rows, out_dir)  # after every row: an interrupted run keeps what it measured
+        plot(rows, out_dir)
     return rows

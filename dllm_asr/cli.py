@@ -138,7 +138,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(args.model, args.data, args.out, grid=args.grid, device=args.device, dtype=args.dtype,
-              max_utterances=args.max_utterances, batch_size=args.batch_size, ar_model=args.ar_model)
+              max_utterances=args.max_utterances, batch_size=args.batch_size, ar_model=args.ar_model,
+              against=args.against, reuse=args.reuse)
     return 0
 
 
@@ -198,11 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("bench", help="Table-1-style grid of strategies: WER, RTF, NFE")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint or shipped name (default: {DEFAULT_MODEL})")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--grid", default=None, help="YAML list of runs (default: the papers' grid)")
-    p.add_argument("--ar-model", default=None, help="AR baseline checkpoint: adds AR, deliberation and AR-prior runs")
+    p.add_argument("--ar-model", default=None, help="AR baseline checkpoint: adds AR, deliberation and AR-prior runs "
+                   "(a Whisper-family model is its own AR baseline)")
+    p.add_argument("--against", choices=["faster-whisper"], default=None,
+                   help="add faster-whisper tiny.en (int8, greedy) on the same clips, timed the same way")
+    p.add_argument("--reuse", action="store_true", help="keep rows already in OUT/results.csv; measure the rest")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-utterances", type=int, default=None)

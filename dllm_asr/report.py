@@ -32,7 +32,7 @@ def machine() -> str:
 
 def build_report(model: str, corpus: str, out: str, ar_model: str | None = None, max_utterances: int | None = None,
                  notes: str | None = None, device: str = "auto", batch_size: int = 8, grid: str | None = None,
-                 reuse: bool = False) -> Path:
+                 reuse: bool = False, against: str | None = None) -> Path:
     """Run the grid on every split and write the Markdown report; returns its path. With `reuse`,
     splits whose tables already exist are not run again (to re-assemble after editing the notes)."""
     out_path = Path(out)
@@ -42,7 +42,8 @@ def build_report(model: str, corpus: str, out: str, ar_model: str | None = None,
         split_dir = figures / split
         if not (reuse and (split_dir / "results.md").is_file()):
             run_bench(model, str(Path(corpus) / f"{split}.jsonl"), str(split_dir), device=device,
-                      max_utterances=max_utterances, batch_size=batch_size, ar_model=ar_model, grid=grid)
+                      max_utterances=max_utterances, batch_size=batch_size, ar_model=ar_model, grid=grid,
+                      against=against)
         table = (split_dir / "results.md").read_text()
         plot = (split_dir / "wer_vs_rtf.png").relative_to(out_path.parent)
         sections.append(f"## {split}\n\n{table}\n![WER versus RTF, {split}]({plot})\n")
@@ -68,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grid", default=None, help="YAML list of runs (default: the bench grid)")
     parser.add_argument("--reuse", action="store_true", help="keep the tables of splits already run")
+    parser.add_argument("--against", choices=["faster-whisper"], default=None,
+                        help="add faster-whisper tiny.en (int8) on the same clips")
     args = parser.parse_args(argv)
     path = build_report(args.model, args.corpus, args.out, args.ar_model, args.max_utterances, args.notes,
-                        args.device, args.batch_size, args.grid, args.reuse)
+                        args.device, args.batch_size, args.grid, args.reuse, args.against)
     print(f"wrote {path}")
     return 0
 

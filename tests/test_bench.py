@@ -1,13 +1,18 @@
 import csv
 import json
 
+import torch
+
 from dllm_asr.bench import DEFAULT_GRID, point_style, run_bench
 from dllm_asr.checkpoint import save_model
-from tests.conftest import ASSETS, DATA
+from dllm_asr.loading import build_model
+from tests.conftest import ASSETS, DATA, tiny_model_config
 
 
 def test_bench_writes_table_csv_and_plot(tiny_model, tmp_path):
     save_model(tiny_model, tmp_path / "ckpt")
+    torch.manual_seed(0)
+    save_model(build_model(tiny_model_config(objective="ar")), tmp_path / "ar")
     manifest = tmp_path / "test.jsonl"
     rows = [{"id": "a", "audio": str(ASSETS / "example.wav"), "text": "the quick brown fox"},
             {"id": "b", "audio": str(DATA / "stereo_44k.flac"), "text": "hello world"}]
@@ -21,7 +26,7 @@ def test_bench_writes_table_csv_and_plot(tiny_model, tmp_path):
         "- {name: 'prior from AR', strategy: prior, steps: 2, prior: ar}\n")
     out = tmp_path / "bench"
     results = run_bench(str(tmp_path / "ckpt"), str(manifest), str(out), grid=str(grid), device="cpu",
-                        ar_model=str(tmp_path / "ckpt"))
+                        ar_model=str(tmp_path / "ar"))
     assert [r["name"] for r in results][:2] == ["AR greedy", "diffusion 2"]
     with open(out / "results.csv") as handle:
         table = list(csv.DictReader(handle))
@@ -34,10 +39,30 @@ def test_default_grid_covers_the_papers_axes():
     strategies = {run.get("strategy") for run in DEFAULT_GRID}
     assert {"diffusion", "semi-ar", "threshold", "prior"} <= strategies
     assert sorted(run["steps"] for run in DEFAULT_GRID if run.get("strategy") == "diffusion"
-                  and not run.get("prefix_cache")) == [1, 8, 32, 64]
+                  and not run.get("prefix_cache")) == [1, 4, 8, 16, 32, 64]
     assert any(run.get("prefix_cache") for run in DEFAULT_GRID)
 
 
 def test_plot_rows_never_share_a_look():
     looks = {tuple(sorted(point_style(index).items())) for index in range(90)}
     assert len(looks) == 90
+
+
+def test_a_row_the_model_cannot_run_is_skipped_and_every_row_is_written_at_once(tiny_model, tmp_path):
+    save_model(tiny_model, tmp_path / "ckpt")
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": str(ASSETS / "example.wav"), "text": "the quick"}) + "\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("- {name: 'needs ar', model: ar, strategy: ar, length: 4}\n"
+                    "- {name: 'diffusion 1', strategy: diffusion, steps: 1, length: 4}\n")
+    out = tmp_path / "bench"
+    rows = run_bench(str(tmp_path / "ckpt"), str(manifest), str(out), grid=str(grid), device="cpu")
+    assert rows[0] == {"name": "needs ar", "note": "needs an AR model (--ar-model)"}
+    assert "| needs ar | skipped: needs an AR model (--ar-model) |" in (out / "results.md").read_text()
+    measured = rows[1]
+    with open(out / "results.csv") as handle:
+        table = {r["name"]: r for r in csv.DictReader(handle)}
+    assert float(table["diffusion 1"]["wer"]) == measured["wer"] and float(table["diffusion 1"]["rtf"]) == measured["rtf"]
+    # A rerun with reuse measures nothing again: the row's figures are the stored ones.
+    again = run_bench(str(tmp_path / "ckpt"), str(manifest), str(out), grid=str(grid), device="cpu", reuse=True)
+    assert [r for r in again if r["name"] == "diffusion 1"][0]["rtf"] == measured["rtf"]
