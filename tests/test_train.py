@@ -296,3 +296,38 @@ def test_stage_training_a_frozen_encoder_is_a_one_line_error(tmp_path, recipe_fi
             "stages=[{name: all, steps: 1, train: [adapter, encoder]}]"]
     assert cli.main(args) == 2
     assert "stage 'all' trains the encoder, but model.encoder.frozen is true" in capsys.readouterr().err
+
+
+def test_default_model_recipe_trains_resumes_and_keeps_its_embedding_frozen(tmp_path, tiny_data):
+    """The shipped tiny-en recipe (Whisper tiny.en decoder adapted to diffusion) for 2 + 2 steps,
+    on cached encoder outputs with annealed attention: a resumed run logs the same losses as one
+    that never stopped, and the frozen token embedding never changes."""
+    common = ["train", "--config", "tiny-en", f"data.train={tiny_data}", "data.dev=null", "data.max_batch_size=3",
+              "data.num_workers=0", "attention_anneal_steps=2", "save_every=2", "log_every=1"]
+    assert cli.main([*common, f"output_dir={tmp_path / 'whole'}", "stop_after_steps=4"]) == 0
+    assert cli.main([*common, f"output_dir={tmp_path / 'split'}", "stop_after_steps=2"]) == 0
+    assert cli.main([*common, f"output_dir={tmp_path / 'split'}", "stop_after_steps=4"]) == 0
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(whole) == [1, 2, 3, 4] and all(np.isfinite(v) for v in whole.values())
+    assert split == pytest.approx(whole, rel=1e-5)
+    stored = load_file(str(tmp_path / "whole" / "checkpoints" / "last" / "model.safetensors"))
+    assert "decoder.mask_embedding" in stored and not any("embed_tokens" in name for name in stored)
+    model = load_model(tmp_path / "whole" / "checkpoints" / "last")
+    assert torch.equal(model.decoder.embed_tokens.weight, model.base_decoder.embed_tokens.weight)
+    pristine = load_model(tmp_path / "whole" / "checkpoints" / "last").base_decoder
+    assert not torch.equal(model.decoder.layers[0].fc1.weight, pristine.layers[0].fc1.weight)
+
+
+def test_encoder_cache_returns_what_the_encoder_computes(tiny_model, real_clips):
+    from dllm_asr.train import EncoderCache
+
+    cache = EncoderCache(max_gigabytes=1.0)
+    first = cache.encode(tiny_model, real_clips[:2])
+    again = cache.encode(tiny_model, real_clips[:2])
+    direct, lengths = tiny_model.encode_hidden(*tiny_model.features(real_clips[:2]))
+    assert cache.misses == 2 and cache.hits == 2
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], lengths)
+    torch.testing.assert_close(first[0], direct, atol=2e-3, rtol=1e-3)  # stored in fp16
+    full = EncoderCache(max_gigabytes=0.0)
+    full.encode(tiny_model, real_clips[:1])
+    assert full.entries == {}  # over its bound it computes and does not keep
