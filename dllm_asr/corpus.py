@@ -15,6 +15,7 @@ options, not of `jobs`.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import json
@@ -364,10 +365,31 @@ def _wav_bytes_to_float(data: bytes) -> tuple[np.ndarray, int]:
     raise RuntimeError("TTS engine wrote a WAV file without a data chunk")
 
 
+@functools.lru_cache(maxsize=None)
+def _espeak_deterministic_options(binary: str) -> tuple[str, ...]:
+    """("-D",) when this espeak-ng has a deterministic mode, else ().
+
+    espeak-ng adds pseudo-random noise to the breathy variants (f2, f3) and the klatt voices.
+    From 1.52 it seeds that generator with the clock, time(NULL), in every call, so the same
+    text and options give other audio bytes one second later (a build's bytes then depend on
+    when each batch happened to run: job count, machine load). `-D` ("deterministic random
+    mode", added in the same release) seeds it with 1. 1.51 and older draw from libc rand(),
+    never seeded, which is deterministic; they have no -D (they reject it and write no audio),
+    hence the probe of --help.
+    """
+    try:
+        result = subprocess.run([binary, "--help"], capture_output=True, text=True, errors="replace",
+                                stdin=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return ("-D",) if re.search(r"^-D\s", result.stdout, re.MULTILINE) else ()
+
+
 def _espeak_command(batch: SynthesisBatch, text: str, ssml: bool) -> list[str]:
     binary = os.environ.get("DLLM_ASR_ESPEAK_NG", "espeak-ng")
     data_path = os.environ.get("DLLM_ASR_ESPEAK_DATA")  # folder holding espeak-ng-data
     command = [binary] + ([f"--path={data_path}"] if data_path else [])
+    command += _espeak_deterministic_options(binary)  # same bytes whenever it runs
     command += ["-v", batch.voice, "-s", str(int(batch.speed)), "-p", str(batch.pitch), "--stdout"]
     return command + (["-m"] if ssml else []) + ["--", text]
 

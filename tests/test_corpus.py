@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import wave
 from pathlib import Path
 
@@ -240,7 +241,11 @@ def test_unseen_voices_only_in_test_unseen(tiny_corpus: tuple[Path, dict]) -> No
 @needs_tts
 def test_build_is_deterministic_across_runs_and_jobs(tiny_corpus: tuple[Path, dict],
                                                      prose_file: Path, tmp_path: Path) -> None:
-    first, _ = tiny_corpus
+    first, info = tiny_corpus
+    # A breathy espeak-ng variant (f2, f3: random breath noise) makes this test meaningful: with
+    # espeak-ng >= 1.52 not in its -D mode its bytes change every second (issue 17).
+    voices = {v for split in info["splits"].values() for v in split["voices"]}
+    assert any(v.startswith("espeak-ng:") and v.endswith(("+f2", "+f3")) for v in voices), voices
     second = tmp_path / "again"
     _build(second, jobs=2, text_file=prose_file)
     for split in corpus.SPLITS:
@@ -279,6 +284,52 @@ def test_espeak_batch_is_cut_into_one_piece_per_sentence(monkeypatch: pytest.Mon
 def _voiced_length(audio: np.ndarray) -> int:
     loud = np.flatnonzero(np.abs(audio) > 0.003)
     return int(loud[-1] - loud[0])
+
+
+# A stand-in for espeak-ng: 0.5 s of "speech" per sentence (per <s> with -m), 3 s of silence after
+# each, as a 16-bit 22050 Hz WAV on stdout. HAS_D: like espeak-ng >= 1.52, whose breath noise is
+# seeded by the clock unless -D is given (here by os.urandom, so that two calls always differ);
+# otherwise like 1.51, whose noise never changes and which rejects -D by writing no audio.
+_FAKE_ESPEAK_NG = """
+import os, struct, sys
+import numpy as np
+HAS_D = {has_d}
+args = sys.argv[1:]
+if "--help" in args:
+    print("eSpeak NG text-to-speech: fake" + ("\\n-D\\t   Enable deterministic random mode" if HAS_D else ""))
+    sys.exit(0)
+if "-D" in args and not HAS_D:
+    print("espeak-ng: invalid option -- 'D'", file=sys.stderr)
+    sys.exit(0)
+seed = int.from_bytes(os.urandom(8), "little") if HAS_D and "-D" not in args else 1
+rng, rate = np.random.default_rng(seed), 22050
+sentences = args[-1].count("<s>") or 1
+voiced = 0.3 * np.sin(np.arange(rate // 2) * 0.05) + 0.01 * rng.standard_normal((sentences, rate // 2))
+audio = np.concatenate([np.concatenate([v, np.zeros(3 * rate)]) for v in voiced])
+header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 0x7FFFF024, b"WAVE", b"fmt ", 16, 1, 1, rate,
+                     2 * rate, 2, 16, b"data", 0x7FFFF000)
+sys.stdout.buffer.write(header + np.round(audio * 32767).astype("<i2").tobytes())
+"""
+
+
+@pytest.mark.parametrize("has_deterministic_mode", [True, False], ids=["espeak-ng>=1.52", "espeak-ng<=1.51"])
+def test_espeak_ng_runs_in_its_deterministic_mode_where_it_has_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_deterministic_mode: bool) -> None:
+    """Issue 17: espeak-ng >= 1.52 seeds its breath noise with time(NULL) unless given -D, so two
+    builds of one seed differed in the WAV bytes of breathy voices (f2, f3) while their manifests
+    agreed. The corpus passes -D where --help offers it, and only there (1.51 rejects it)."""
+    fake = tmp_path / "espeak-ng"
+    fake.write_text(f"#!{sys.executable}\n" + _FAKE_ESPEAK_NG.format(has_d=has_deterministic_mode))
+    fake.chmod(0o755)
+    monkeypatch.setenv("DLLM_ASR_ESPEAK_NG", str(fake))
+    monkeypatch.delenv("DLLM_ASR_ESPEAK_DATA", raising=False)
+    utterances = tuple(corpus.Utterance(f"train-{i:06d}", f"Sentence number {i} is here.", None, None, 0)
+                       for i in range(3))
+    batch = corpus.SynthesisBatch("train", "espeak-ng", "en-gb-x-rp+f2", 160.0, 45, utterances)
+    (first, rate), (second, _) = corpus._espeak_batch(batch), corpus._espeak_batch(batch)
+    assert rate == 22050 and len(first) == len(second) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert ("-D" in corpus._espeak_command(batch, "Hello there.", False)) is has_deterministic_mode
 
 
 def test_main_reports_bad_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
