@@ -65,8 +65,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             print(f"error: {result.error}", file=sys.stderr)
             continue
         t = result.transcript
+        if t.truncated:
+            print(f"warning: {result.path}: the transcript filled the longest block ({len(t.tokens)} tokens) "
+                  "without ending; words may be missing (raise --length or split the audio)", file=sys.stderr)
         if args.format == "jsonl":
-            record = {"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps}
+            record = {"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps,
+                      "no_speech_prob": t.no_speech_prob, "truncated": t.truncated}
             if options.trace:
                 record["trace"] = t.trace
             print(json.dumps(record))

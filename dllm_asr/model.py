@@ -106,6 +106,10 @@ class SpeechLLM(nn.Module):
         embeds, mask = self.prefix(self.encode_audio(audios))
         return ar_generate(self.decoder, embeds, mask, max_new_tokens, num_beams, self.eos_id)
 
+    def no_speech_probs(self, audio: AudioContext) -> Tensor | None:
+        """A per-row no-speech probability, (B,); None: this family has no such signal."""
+        return None
+
     def audio_free(self, audio: AudioContext) -> AudioContext:
         """The same batch with no audio embeddings: the text-only deliberation control."""
         empty = audio.embeds[:, :0]

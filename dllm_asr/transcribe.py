@@ -57,6 +57,9 @@ class TranscribeOptions:
     """Keep the block after every step (for visualisation)."""
     prefix_cache: bool = False
     """Cache the prompt+audio keys/values once per batch (Fast-dLLM; approximate, faster)."""
+    no_speech_threshold: float | None = 0.6
+    """A clip whose no-speech probability is above this gets an empty transcript (Whisper's
+    default 0.6); None never skips. Only models with the signal (the Whisper family) use it."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -74,6 +77,10 @@ class Transcript:
     nfe: int
     steps: int
     trace: list[list[int]] | None = field(default=None, repr=False)
+    no_speech_prob: float | None = None
+    """The model's probability that the clip holds no speech (None: the model has no such signal)."""
+    truncated: bool = False
+    """The transcript filled the longest block allowed without ending: words may be missing."""
 
 
 def block_lengths(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions) -> Tensor:
@@ -145,26 +152,69 @@ def model_priors(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioCon
 @torch.no_grad()
 def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions = TranscribeOptions(),
                      priors: Sequence[str] | None = None) -> list[Transcript]:
-    """Transcribe a batch of 16 kHz waveforms. `priors` (texts) replace the CTC prior for `prior`."""
+    """Transcribe a batch of 16 kHz waveforms. `priors` (texts) replace the model's own prior for `prior`.
+
+    Clips the model judges silent (no-speech probability above `options.no_speech_threshold`, for
+    models that have the signal) get an empty transcript and cost no decoding; a transcript that
+    fills its whole block without an EOS is decoded again in a longer block (see `regrow`).
+    """
     check_strategy(model, options.strategy)
     model.eval()
+    audio = model.encode_audio(audios)
+    probs = model.no_speech_probs(audio) if options.no_speech_threshold is not None else None
+    out = [Transcript("", [], 0, 0, no_speech_prob=None if probs is None else float(probs[i])) for i in range(len(audios))]
+    speech = [i for i in range(len(audios)) if probs is None or float(probs[i]) <= options.no_speech_threshold]
+    if not speech:
+        return out
+    rows = torch.tensor(speech, device=audio.lengths.device)
+    decoded = decode_speech(model, [audios[i] for i in speech], audio.select(rows), options,
+                            None if priors is None else [priors[i] for i in speech])
+    for i, transcript in zip(speech, decoded):
+        transcript.no_speech_prob = out[i].no_speech_prob
+        out[i] = transcript
+    return out
+
+
+def decode_speech(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext, options: TranscribeOptions,
+                  priors: Sequence[str] | None = None) -> list[Transcript]:
+    """Decode clips already encoded in `audio` with `options.strategy`."""
     if options.strategy == "ar":
         max_new = int(block_lengths(model, audios, options).max())
         rows = model.generate_ar(audios, max_new, options.num_beams)
-        return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r))
-                for r in rows]
-    audio = model.encode_audio(audios)
+        return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
+                           truncated=len(r) >= max_new) for r in rows]
     predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
     if options.strategy == "prior":
         texts = list(priors) if priors is not None else model_priors(model, audios, audio, options)
         cap = max(1, model.config.max_response_tokens - options.margin)
         prior, lengths = tokenize_texts(model, texts, max_tokens=cap)
-        result = decode(predictor, prior, decode_options(model, options), lengths)
-    else:
-        lengths = block_lengths(model, audios, options).to(model.device)
-        init = torch.full((len(audios), int(lengths.max())), model.mask_id, dtype=torch.long, device=model.device)
-        result = decode(predictor, init, decode_options(model, options), lengths)
-    return _texts(model, result, options.trace)
+        return _texts(model, decode(predictor, prior, decode_options(model, options), lengths), options.trace)
+    lengths = block_lengths(model, audios, options).to(model.device)
+    init = torch.full((len(audios), int(lengths.max())), model.mask_id, dtype=torch.long, device=model.device)
+    transcripts = _texts(model, decode(predictor, init, decode_options(model, options), lengths), options.trace)
+    return regrow(model, audios, audio, options, transcripts, lengths)
+
+
+def regrow(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext, options: TranscribeOptions,
+           transcripts: list[Transcript], lengths: Tensor) -> list[Transcript]:
+    """Decode again, in a block twice as long (up to `max_response_tokens`), every row whose
+    transcript filled its duration-sized block without an EOS: the block was too short for what
+    was said. A row still full at the cap, or at a length the user set, is kept and marked
+    `truncated` (the CLI warns)."""
+    cap = model.config.max_response_tokens if options.length is None else 0  # a length the user set is kept
+    sizes = [int(n) for n in lengths]
+    grow = [i for i, t in enumerate(transcripts) if len(t.tokens) >= sizes[i] and sizes[i] < cap]
+    while grow:
+        size = min(cap, 2 * max(sizes[i] for i in grow))
+        rows = torch.tensor(grow, device=audio.lengths.device)
+        again = decode_speech(model, [audios[i] for i in grow], audio.select(rows), replace(options, length=size))
+        for i, transcript in zip(grow, again):
+            transcript.nfe += transcripts[i].nfe
+            transcripts[i], sizes[i] = transcript, size
+        grow = [i for i in grow if len(transcripts[i].tokens) >= size and size < cap]
+    for i, transcript in enumerate(transcripts):
+        transcript.truncated = len(transcript.tokens) >= sizes[i]
+    return transcripts
 
 
 @torch.no_grad()

@@ -161,6 +161,19 @@ class WhisperDiffusionASR(nn.Module):
 
         return predict
 
+    @torch.no_grad()
+    def no_speech_probs(self, audio: AudioContext) -> Tensor:
+        """Whisper's no-speech probability per row, (B,): the pretrained decoder's probability of
+        <|nospeech|> right after <|startoftranscript|>, as Whisper computes it. On this model's
+        unpadded encoder output it is above 0.9 for silence and noise, below 0.25 for speech
+        (docs/default-model.md)."""
+        decoder = self.base_decoder
+        cross = self._cross(audio, decoder)
+        start = self.prompt_ids[None, :1].expand(audio.embeds.shape[0], -1)
+        hidden, _ = decoder(start, torch.zeros_like(start), causal_mask(1, 0, self.device), cross)
+        logits = hidden[:, 0] @ decoder.embed_tokens.weight.T.to(hidden.dtype)
+        return logits.float().softmax(-1)[:, self.tokenizer.no_speech]
+
     # ---------------------------------------------------------------- autoregressive
 
     @torch.no_grad()

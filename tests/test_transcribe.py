@@ -118,3 +118,16 @@ def test_cli_deliberate_skips_a_corrupt_clip(tiny_model, tmp_path, capsys):
     assert main(["deliberate", "--model", str(tmp_path / "ckpt"), "--prior", str(prior), "--mask", "random",
                  str(DATA / "stereo_44k.flac")]) == 2
     assert "no prior for stereo_44k" in capsys.readouterr().err
+
+
+def test_a_transcript_that_fills_its_block_is_decoded_again_in_a_longer_one(tiny_model, real_clips):
+    """The random decoder rarely writes EOS, so every duration-sized block comes back full: it is
+    regrown (doubling up to max_response_tokens) and, still full at the cap, marked truncated."""
+    options = TranscribeOptions(strategy="diffusion", steps=2, tokens_per_second=0.5)
+    first = int(block_lengths(tiny_model, real_clips[:1], options)[0])
+    (result,) = transcribe_batch(tiny_model, real_clips[:1], options)
+    cap = tiny_model.config.max_response_tokens
+    assert first < cap and result.truncated
+    assert len(result.tokens) == cap and result.nfe > 2
+    fixed = transcribe_batch(tiny_model, real_clips[:1], TranscribeOptions(strategy="diffusion", steps=2, length=6))[0]
+    assert len(fixed.tokens) == 6 and fixed.truncated  # a length the user chose is never changed

@@ -1,5 +1,6 @@
 """The default model's family: Whisper's own decoder, run causally and adapted to masked diffusion."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +126,14 @@ def test_annealed_attention_goes_from_causal_to_bidirectional(whisper_model):
         whisper_model.eval()
     assert torch.equal(causal[0, 0], torch.ones(8, 8).tril().bool())
     assert bool(full.all())
+
+
+def test_silence_and_noise_give_empty_transcripts(whisper_model, example):
+    rng = np.random.default_rng(0)
+    silence = np.zeros(5 * 16000, dtype=np.float32)
+    noise = (0.05 * rng.standard_normal(5 * 16000)).astype(np.float32)
+    results = transcribe_batch(whisper_model, [silence, example, noise], TranscribeOptions(steps=4))
+    assert [r.text for r in results][::2] == ["", ""] and results[0].nfe == 0
+    assert results[0].no_speech_prob > 0.6 > results[1].no_speech_prob and results[1].text
+    kept = transcribe_batch(whisper_model, [silence], TranscribeOptions(steps=4, no_speech_threshold=None))[0]
+    assert kept.no_speech_prob is None and kept.nfe >= 1

@@ -46,6 +46,8 @@ class WhisperTokenizer:
         self.eot = self.token_id("<|endoftext|>")
         self.sot = self.token_id("<|startoftranscript|>")
         self.no_timestamps = self.token_id("<|notimestamps|>")
+        vocabulary = self.fast.get_vocab()  # older multilingual vocabularies name it <|nocaptions|>
+        self.no_speech = self.token_id("<|nospeech|>" if "<|nospeech|>" in vocabulary else "<|nocaptions|>")
         self.english_only = self.fast.convert_tokens_to_ids("<|en|>") in (None, self.fast.unk_token_id)
 
     def token_id(self, token: str) -> int:
