@@ -42,7 +42,34 @@ class AudioContext:
         return AudioContext(self.embeds[rows, :width], lengths, ctc, enc)
 
 
-class SpeechLLM(nn.Module):
+class SpeechModel(nn.Module):
+    """What every model family shares: token ids and device read off its decoder and prompt, and
+    encoding as features -> `encode_hidden` -> `audio_context`. A family defines `decoder`
+    (with `mask_token_id`, `eos_token_id`), a `prompt_ids` buffer, `features`, `encode_hidden`
+    and `audio_context`."""
+
+    @property
+    def mask_id(self) -> int:
+        return self.decoder.mask_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.decoder.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_ids.device
+
+    def encode(self, features: Tensor, feature_lengths: Tensor) -> AudioContext:
+        """features (B, n_mels, T), feature_lengths (B,) -> AudioContext."""
+        return self.audio_context(*self.encode_hidden(features, feature_lengths))
+
+    def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
+        """Waveforms (16 kHz float32) -> AudioContext."""
+        return self.encode(*self.features(audios))
+
+
+class SpeechLLM(SpeechModel):
     """The full model of both papers. Build it with `dllm_asr.build_model` or `load_model`."""
 
     def __init__(self, config: ModelConfig, encoder: nn.Module, adapter: nn.Module,
@@ -59,18 +86,6 @@ class SpeechLLM(nn.Module):
     def tokenizer(self):
         return self.decoder.tokenizer
 
-    @property
-    def mask_id(self) -> int:
-        return self.decoder.mask_token_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.decoder.eos_token_id
-
-    @property
-    def device(self) -> torch.device:
-        return self.prompt_ids.device
-
     def features(self, audios: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
         """16 kHz waveforms -> log-mel features (B, n_mels, T) and frame counts (B,) on the model's device."""
         feats, lengths = log_mel_batch(list(audios), n_mels=self.encoder.n_mels,
@@ -81,10 +96,6 @@ class SpeechLLM(nn.Module):
         """The encoder's output (B, T, d) and valid frames (B,): what training may cache."""
         return self.encoder(features.to(self._encoder_dtype()), feature_lengths)
 
-    def encode(self, features: Tensor, feature_lengths: Tensor) -> AudioContext:
-        """features (B, n_mels, T), feature_lengths (B,) -> AudioContext."""
-        return self.audio_context(*self.encode_hidden(features, feature_lengths))
-
     def audio_context(self, hidden: Tensor, hidden_lengths: Tensor) -> AudioContext:
         """Encoder output -> AudioContext (CTC head and adapter applied)."""
         ctc = self.ctc_head(hidden.float()) if self.ctc_head is not None else None
@@ -92,18 +103,16 @@ class SpeechLLM(nn.Module):
         embeds, lengths = self.adapter(hidden.to(adapter_dtype), hidden_lengths)
         return AudioContext(embeds, lengths, ctc, hidden_lengths)
 
-    def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
-        """Waveforms (16 kHz float32) -> AudioContext."""
-        return self.encode(*self.features(audios))
-
     @property
     def supports_ar(self) -> bool:
         """Whether `generate_ar` is meaningful: only a decoder trained with the AR objective."""
         return self.config.objective == "ar"
 
-    def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1) -> GeneratedTokens:
-        """Autoregressive decoding after the `[prompt | audio]` prefix (the Whisper-LLaMA baseline)."""
-        embeds, mask = self.prefix(self.encode_audio(audios))
+    def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
+                    audio: AudioContext | None = None) -> GeneratedTokens:
+        """Autoregressive decoding after the `[prompt | audio]` prefix (the Whisper-LLaMA baseline).
+        `audio`: the clips already encoded (`encode_audio(audios)`), to save the encoder pass."""
+        embeds, mask = self.prefix(self.encode_audio(audios) if audio is None else audio)
         return ar_generate(self.decoder, embeds, mask, max_new_tokens, num_beams, self.eos_id)
 
     def no_speech_probs(self, audio: AudioContext) -> Tensor | None:

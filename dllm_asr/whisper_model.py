@@ -26,10 +26,10 @@ from .audio import log_mel_batch
 from .config import ModelConfig
 from .decoders.causal import GeneratedTokens
 from .decoders.whisper import CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask
-from .model import AudioContext
+from .model import AudioContext, SpeechModel
 
 
-class WhisperDiffusionASR(nn.Module):
+class WhisperDiffusionASR(SpeechModel):
     """Whisper encoder + Whisper decoder adapted to masked diffusion (+ the original decoder for AR)."""
 
     def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: WhisperTextDecoder,
@@ -53,18 +53,6 @@ class WhisperDiffusionASR(nn.Module):
     @property
     def tokenizer(self) -> WhisperTokenizer:
         return self._tokenizer
-
-    @property
-    def mask_id(self) -> int:
-        return self.decoder.mask_token_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.decoder.eos_token_id
-
-    @property
-    def device(self) -> torch.device:
-        return self.prompt_ids.device
 
     @property
     def supports_ar(self) -> bool:
@@ -98,12 +86,6 @@ class WhisperDiffusionASR(nn.Module):
         """Encoder output -> AudioContext (the CTC head, if any, is applied here)."""
         ctc = self.ctc_head(hidden.float()) if self.ctc_head is not None else None
         return AudioContext(hidden, hidden_lengths, ctc, hidden_lengths)
-
-    def encode(self, features: Tensor, feature_lengths: Tensor) -> AudioContext:
-        return self.audio_context(*self.encode_hidden(features, feature_lengths))
-
-    def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
-        return self.encode(*self.features(audios))
 
     def audio_free(self, audio: AudioContext) -> AudioContext:
         """The text-only control: the encoder's output for silence of one second per row, so the
@@ -177,13 +159,16 @@ class WhisperDiffusionASR(nn.Module):
     # ---------------------------------------------------------------- autoregressive
 
     @torch.no_grad()
-    def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1) -> GeneratedTokens:
+    def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
+                    audio: AudioContext | None = None) -> GeneratedTokens:
         """Whisper's own greedy decoding with the pretrained decoder and a KV cache, on 30-s padded
         input as Whisper was trained. Special and timestamp tokens are suppressed, and EOS at the
-        first step (Whisper's suppress_blank). Returns one token list per row and `.nfe`."""
+        first step (Whisper's suppress_blank). `audio`: the clips already encoded, reused when it is
+        30-s padded. Returns one token list per row and `.nfe`."""
         if num_beams != 1:
             raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
-        audio = self.encode(*self.features(audios, pad_to_30s=True))
+        if audio is None or not self.config.encoder.pad_to_30s:  # only 30-s padded output is reusable
+            audio = self.encode(*self.features(audios, pad_to_30s=True))
         decoder = self.base_decoder
         cross = self._cross(audio, decoder)
         batch = len(audios)
