@@ -15,6 +15,13 @@ frames of the 30 s features of a clip up to 30 s long: the clip is zero-padded o
 before the STFT exactly as the 30 s version is, and the "max - 8" clamp uses the maximum over
 every frame that touches the clip, which is the global maximum of the 30 s version (the frames
 past it see only zeros and sit at the floor).
+
+Two ways to fill a 30 s window exist in Whisper's own code: padding the *audio* with zeros before
+the STFT (``pad_to_30s=True``, as ``whisper.pad_or_trim(audio)`` and transformers'
+``WhisperFeatureExtractor`` do), and padding the finished *features* with zeros
+(``zero_pad_frames_to_30s``, as Whisper's ``transcribe`` and faster-whisper do). The pretrained
+decoder is far steadier on clips of a second or two with the second (on Asterisk's prompts it
+turns "FALL.PA.PA.PA..." back into "Followed by the pound key."), so the Whisper AR baseline uses it.
 """
 
 from __future__ import annotations
@@ -236,6 +243,15 @@ def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = 80,
         log_mel = log_mel[:, :count]
     log_mel = torch.maximum(log_mel, reference_max - DYNAMIC_RANGE)
     return ((log_mel + 4.0) / 4.0).to(torch.float32)
+
+
+def zero_pad_frames_to_30s(features: torch.Tensor) -> torch.Tensor:
+    """(..., n_mels, T) features -> (..., n_mels, 3000): zeros appended in the feature domain, or
+    trimmed (Whisper's ``transcribe`` window; see the module docstring)."""
+    frames = features.shape[-1]
+    if frames >= N_FRAMES_30S:
+        return features[..., :N_FRAMES_30S]
+    return torch.nn.functional.pad(features, (0, N_FRAMES_30S - frames))
 
 
 def log_mel_batch(audios: Sequence[np.ndarray | torch.Tensor], n_mels: int = 80,

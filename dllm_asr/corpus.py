@@ -643,6 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--hours", type=float, help="total hours of audio (approximate)")
     size.add_argument("--utterances", type=int, help="total number of utterances")
+    size.add_argument("--asterisk", action="store_true",
+                      help="instead of synthesising, write OUT_DIR/asterisk.jsonl: real speech from Debian's "
+                           "asterisk-core-sounds-en (see dllm_asr.recordings)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
@@ -654,6 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unseen-voices", nargs="+", default=None, help="'engine:voice' names")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    if args.asterisk:
+        return _asterisk_main(Path(args.out_dir) / "asterisk.jsonl", args.overwrite)
     try:
         path = build_corpus(args.out_dir, hours=args.hours, num_utterances=args.utterances,
                             seed=args.seed, jobs=args.jobs, engines=args.engines,
@@ -665,6 +670,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     info = json.loads(path.read_text())
     print(f"{path}: {info['hours']:.3f} h in {info['build_seconds']:.1f} s")
+    return 0
+
+
+def _asterisk_main(out_path: Path, overwrite: bool) -> int:
+    from .recordings import build_asterisk_manifest
+
+    try:
+        summary = build_asterisk_manifest(out_path, overwrite=overwrite)
+    except ValueError as error:
+        print(f"dllm-asr corpus: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{out_path}: {summary['utterances']} real utterances, {summary['minutes']:.1f} min "
+          f"({summary['skipped_text']} prompts skipped: tones, letters, keys; {summary['too_long']} over 30 s; "
+          f"{summary['missing_audio']} without audio, {summary['unreadable']} unreadable)")
     return 0
 
 

@@ -16,13 +16,14 @@ Whisper's learned positions start at 0 for every row.
 """
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .audio import log_mel_batch
+from .audio import log_mel_batch, zero_pad_frames_to_30s
 from .config import ModelConfig
 from .decoders.causal import GeneratedTokens
 from .decoders.whisper import CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask
@@ -44,6 +45,8 @@ class WhisperDiffusionASR(SpeechModel):
         self.adapter = None
         self._tokenizer = tokenizer
         self.register_buffer("prompt_ids", torch.tensor(tokenizer.prompt_ids(), dtype=torch.long), persistent=False)
+        self.register_buffer("suppress_ids", torch.tensor(tokenizer.non_speech_ids(), dtype=torch.long),
+                             persistent=False)
         self.attention_reveal = 1.0
         """Training only: the probability that a response position sees a later one (attention-mask
         annealing; 1.0 = bidirectional, the decoding-time attention). Set by the trainer."""
@@ -72,9 +75,14 @@ class WhisperDiffusionASR(SpeechModel):
     # ---------------------------------------------------------------- audio
 
     def features(self, audios: Sequence[np.ndarray], pad_to_30s: bool | None = None) -> tuple[Tensor, Tensor]:
-        """16 kHz waveforms -> log-mel features (B, n_mels, T) and frame counts (B,)."""
+        """16 kHz waveforms -> log-mel features (B, n_mels, T) and frame counts (B,). The 30-s
+        window is zero-padded in the feature domain, as Whisper's `transcribe` does (see
+        `dllm_asr.audio.zero_pad_frames_to_30s`)."""
         pad = self.config.encoder.pad_to_30s if pad_to_30s is None else pad_to_30s
-        feats, lengths = log_mel_batch(list(audios), n_mels=self.encoder.n_mels, pad_to_30s=pad)
+        feats, lengths = log_mel_batch(list(audios), n_mels=self.encoder.n_mels, pad_to_30s=False)
+        if pad:
+            feats = zero_pad_frames_to_30s(feats)
+            lengths = torch.full_like(lengths, feats.shape[-1])
         return feats.to(self.device), lengths.to(self.device)
 
     def encode_hidden(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,6 +139,11 @@ class WhisperDiffusionASR(SpeechModel):
         hidden, _ = self.decoder(ids, positions, mask, cross)
         return self.decoder.logits(hidden[:, prompt - 1: prompt + length - 1])
 
+    def suppress(self, logits: Tensor) -> Tensor:
+        """Decoding only: the non-speech symbol tokens get -inf (Whisper's default suppression;
+        `WhisperTokenizer.non_speech_ids`). Training keeps them: a reference may contain one."""
+        return logits.index_fill_(-1, self.suppress_ids, float("-inf"))
+
     def mask_predictor(self, audio: AudioContext, prefix_cache: bool = False) -> Callable[..., Tensor]:
         """A mask predictor for `dllm_asr.decoding.decode`. The encoder's keys/values of every
         cross-attention layer are computed once here and reused at every step (exact: they do
@@ -139,7 +152,7 @@ class WhisperDiffusionASR(SpeechModel):
 
         def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
             rows = rows.to(cross.mask.device)
-            return self.response_logits(audio, tokens, lengths, cross=cross.select(rows))
+            return self.suppress(self.response_logits(audio, tokens, lengths, cross=cross.select(rows)))
 
         return predict
 
@@ -160,30 +173,59 @@ class WhisperDiffusionASR(SpeechModel):
 
     @torch.no_grad()
     def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
-                    audio: AudioContext | None = None) -> GeneratedTokens:
-        """Whisper's own greedy decoding with the pretrained decoder and a KV cache, on 30-s padded
-        input as Whisper was trained. Special and timestamp tokens are suppressed, and EOS at the
-        first step (Whisper's suppress_blank). `audio`: the clips already encoded, reused when it is
-        30-s padded. Returns one token list per row and `.nfe`."""
+                    audio: AudioContext | None = None, fallback: bool = True) -> GeneratedTokens:
+        """Whisper's own decoding with the pretrained decoder and a KV cache, on 30-s padded input
+        as Whisper was trained: greedy, with Whisper's temperature fallback (`fallback`; see
+        `FALLBACK_TEMPERATURES`). Special, timestamp and non-speech symbol tokens are suppressed,
+        and EOS and a lone space at the first step (Whisper's suppress_blank). `audio`: the clips already encoded,
+        reused when it is 30-s padded. Returns one token list per row and `.nfe` (forward passes
+        of the network, fallback passes included)."""
         if num_beams != 1:
             raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
         if audio is None or not self.config.encoder.pad_to_30s:  # only 30-s padded output is reusable
             audio = self.encode(*self.features(audios, pad_to_30s=True))
+        cross = self._cross(audio, self.base_decoder)
+        limit = min(max_new_tokens, self.base_decoder.max_positions - self.prompt_ids.shape[0])
+        best = self._sample_ar(cross, limit, temperature=0.0)
+        nfe = best.nfe
+        if fallback:
+            generator = torch.Generator(device=self.device).manual_seed(0)  # the same transcript every run
+            for temperature in FALLBACK_TEMPERATURES:
+                redo = [i for i in range(len(audios)) if best.needs_fallback(i)]
+                if not redo:
+                    break
+                rows = torch.tensor(redo, device=self.device).repeat_interleave(FALLBACK_BEST_OF)
+                tried = self._sample_ar(cross.select(rows), limit, temperature, generator)
+                nfe += tried.nfe
+                best.keep_better(redo, tried.best_of(FALLBACK_BEST_OF))
+        return GeneratedTokens(best.tokens, nfe=nfe)
+
+    def _sample_ar(self, cross: CrossCache, limit: int, temperature: float,
+                   generator: torch.Generator | None = None) -> "ARSamples":
+        """One causal decoding pass over every row of `cross`: greedy at temperature 0, sampled
+        from softmax(logits / temperature) otherwise."""
         decoder = self.base_decoder
-        cross = self._cross(audio, decoder)
-        batch = len(audios)
-        limit = min(max_new_tokens, decoder.max_positions - self.prompt_ids.shape[0])
+        batch = cross.mask.shape[0]
         ids = self.prompt_ids[None].expand(batch, -1)
         positions = torch.arange(ids.shape[1], device=self.device)[None].expand(batch, -1)
         hidden, past = decoder(ids, positions, causal_mask(ids.shape[1], 0, self.device), cross)
+        start_logits = hidden[:, 0] @ decoder.embed_tokens.weight.T.to(hidden.dtype)
+        no_speech = start_logits.float().softmax(-1)[:, self.tokenizer.no_speech]
         out = torch.full((batch, 0), self.eos_id, dtype=torch.long, device=self.device)
+        logprob = torch.zeros(batch, device=self.device)
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         nfe = 1
         for step in range(limit):
-            logits = decoder.logits(hidden[:, -1])
-            if step == 0:
-                logits[:, self.eos_id] = float("-inf")
-            token = logits.argmax(-1).masked_fill(done, self.eos_id)
+            logits = self.suppress(decoder.logits(hidden[:, -1]))
+            if step == 0:  # Whisper's suppress_blank
+                logits[:, [self.eos_id, self.tokenizer.blank]] = float("-inf")
+            if temperature > 0:
+                probs = (logits / temperature).softmax(-1)
+                token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                token = logits.argmax(-1)
+            token = token.masked_fill(done, self.eos_id)
+            logprob += logits.log_softmax(-1).gather(1, token[:, None])[:, 0].masked_fill(done, 0.0)
             out = torch.cat([out, token[:, None]], dim=1)
             done |= token == self.eos_id
             if bool(done.all()) or step == limit - 1:
@@ -193,4 +235,67 @@ class WhisperDiffusionASR(SpeechModel):
                                    cross, past)
             nfe += 1
         rows = [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in out.tolist()]
-        return GeneratedTokens(rows, nfe=nfe)
+        return ARSamples(rows, logprob.tolist(), no_speech.tolist(), self.tokenizer.decode, nfe)
+
+
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+"""Whisper's temperature fallback (Radford et al., 2022, sec. 4.5): a greedy transcript that
+compresses too well (gzip ratio > 2.4: a loop) or is too unlikely (mean token log-probability
+< -1) is decoded again by sampling at rising temperatures, `FALLBACK_BEST_OF` samples each, until
+one passes; silence (no-speech probability > 0.6 with a low log-probability) is not retried. When
+none passes, the likeliest of those under the compression limit is kept (as faster-whisper does)."""
+FALLBACK_BEST_OF = 5
+COMPRESSION_RATIO_LIMIT = 2.4
+LOGPROB_LIMIT = -1.0
+NO_SPEECH_LIMIT = 0.6
+
+
+def compression_ratio(text: str) -> float:
+    """len(text) / len(zlib(text)) in bytes: about 1-2 for speech, high for a repeated phrase."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+class ARSamples:
+    """The transcripts of one AR pass (one token list per row) with what the fallback reads:
+    summed token log-probability, no-speech probability, compression ratio."""
+
+    def __init__(self, tokens: list[list[int]], logprobs: list[float], no_speech: list[float],
+                 decode: Callable[[list[int]], str], nfe: int):
+        self.tokens, self.logprobs, self.no_speech, self.nfe = tokens, logprobs, no_speech, nfe
+        self.ratios = [compression_ratio(decode(row)) for row in tokens]
+
+    def avg_logprob(self, i: int) -> float:
+        return self.logprobs[i] / (len(self.tokens[i]) + 1)  # + 1: the EOS token
+
+    def needs_fallback(self, i: int) -> bool:
+        if self.no_speech[i] > NO_SPEECH_LIMIT and self.avg_logprob(i) < LOGPROB_LIMIT:
+            return False  # silence: Whisper does not retry it
+        return self.ratios[i] > COMPRESSION_RATIO_LIMIT or self.avg_logprob(i) < LOGPROB_LIMIT
+
+    def best_of(self, group: int) -> "ARSamples":
+        """Per group of `group` consecutive rows, the one with the highest log-probability per token."""
+        keep = []
+        for first in range(0, len(self.tokens), group):
+            rows = range(first, first + group)
+            keep.append(max(rows, key=lambda i: self.logprobs[i] / max(len(self.tokens[i]), 1)))
+        picked = ARSamples.__new__(ARSamples)
+        picked.nfe = self.nfe
+        for name in ("tokens", "logprobs", "no_speech", "ratios"):
+            setattr(picked, name, [getattr(self, name)[i] for i in keep])
+        return picked
+
+    def keep_better(self, rows: list[int], tried: "ARSamples") -> None:
+        """Row rows[j] takes tried's j-th transcript if it passes, or if neither passes and it is
+        under the compression limit where the current one is not, or likelier."""
+        for j, i in enumerate(rows):
+            if not tried.needs_fallback(j) or self._worse(i, tried, j):
+                for name in ("tokens", "logprobs", "no_speech", "ratios"):
+                    getattr(self, name)[i] = getattr(tried, name)[j]
+
+    def _worse(self, i: int, other: "ARSamples", j: int) -> bool:
+        mine_ok = self.ratios[i] <= COMPRESSION_RATIO_LIMIT
+        other_ok = other.ratios[j] <= COMPRESSION_RATIO_LIMIT
+        if mine_ok != other_ok:
+            return other_ok
+        return other.avg_logprob(j) > self.avg_logprob(i)

@@ -200,6 +200,21 @@ def test_confidence_comes_from_unnoised_softmax():
     assert not (tokens == MASK).any()
 
 
+def test_greedy_choice_skips_the_mask_and_scores_in_double_precision():
+    logits = torch.randn(3, 4, V, generator=torch.Generator().manual_seed(2))
+    logits[0, 1, MASK] = 9.0  # the mask is the best logit here: the runner-up is chosen
+    logits[1, 2, 3] = 40.0    # a near-certain position
+    reference = logits.clone()
+    reference[..., MASK] = float("-inf")
+    tokens, scores = confidence_and_argmax(logits, 0.0, "low_confidence", make_generator(1), MASK)
+    assert tokens.equal(reference.argmax(-1)) and int(tokens[0, 1]) != MASK
+    probs = torch.softmax(logits.double(), dim=-1)
+    assert scores.dtype == torch.float64
+    assert torch.allclose(scores, probs.gather(-1, tokens[..., None])[..., 0], rtol=1e-6, atol=0)
+    assert float(scores[1, 2]) > 0.999999
+    assert logits[0, 1, MASK] == 9.0  # the caller's logits are untouched
+
+
 def test_gumbel_sampling_follows_softmax_at_temperature_one():
     rows = 4000
     probs = torch.tensor([0.5, 0.3, 0.2] + [0.0] * (V - 3))

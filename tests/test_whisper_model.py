@@ -1,5 +1,7 @@
 """The default model's family: Whisper's own decoder, run causally and adapted to masked diffusion."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from dllm_asr.config import DecoderConfig, EncoderConfig, LoraSettings, ModelCon
 from dllm_asr.loading import build_model, load_model
 from dllm_asr.metrics import normalize as normalize_text
 from dllm_asr.transcribe import TranscribeOptions, deliberate_batch, transcribe_batch
+from dllm_asr.whisper_model import ARSamples, compression_ratio
 from tests.conftest import ASSETS
 
 
@@ -134,6 +137,87 @@ def test_silence_and_noise_give_empty_transcripts(whisper_model, example):
     noise = (0.05 * rng.standard_normal(5 * 16000)).astype(np.float32)
     results = transcribe_batch(whisper_model, [silence, example, noise], TranscribeOptions(steps=4))
     assert [r.text for r in results][::2] == ["", ""] and results[0].nfe == 0
-    assert results[0].no_speech_prob > 0.6 > results[1].no_speech_prob and results[1].text
+    assert results[0].no_speech_prob > 0.6 > results[1].no_speech_prob and results[1].nfe >= 1
     kept = transcribe_batch(whisper_model, [silence], TranscribeOptions(steps=4, no_speech_threshold=None))[0]
     assert kept.no_speech_prob is None and kept.nfe >= 1
+
+
+def test_non_speech_tokens_are_the_checkpoints_own_suppress_list(whisper_model):
+    """The installed CTranslate2 checkpoint lists the ids Whisper suppresses (from its
+    generation config); ours are derived from the tokenizer and must be the same text tokens."""
+    from dllm_asr.encoders import resolve_short_name
+
+    config = json.loads((resolve_short_name("whisper-tiny.en") / "config.json").read_text())
+    tokenizer = whisper_model.tokenizer
+    assert set(tokenizer.non_speech_ids()) == {i for i in config["suppress_ids"] if i < tokenizer.eot}
+    assert config["suppress_ids_begin"] == [tokenizer.blank, tokenizer.eot]
+
+
+def _boost(decoder, token: int, amount: float):
+    original = decoder.logits
+
+    def boosted(hidden):
+        logits = original(hidden)
+        logits[..., token] += amount
+        return logits
+    return boosted
+
+
+def test_decoding_never_writes_a_non_speech_symbol(whisper_model, example, monkeypatch):
+    expected = whisper_model.generate_ar([example], 30)[0]
+    bracket = whisper_model.tokenizer.fast.encode(" [", add_special_tokens=False)[0]
+    monkeypatch.setattr(whisper_model.base_decoder, "logits", _boost(whisper_model.base_decoder, bracket, 50.0))
+    monkeypatch.setattr(whisper_model.decoder, "logits", _boost(whisper_model.decoder, bracket, 50.0))
+    assert whisper_model.generate_ar([example], 30)[0] == expected
+    diffusion = transcribe_batch(whisper_model, [example], TranscribeOptions(strategy="diffusion", steps=4))[0]
+    assert bracket not in diffusion.tokens and diffusion.nfe >= 1
+
+
+@pytest.mark.parametrize("text, low, high", [("the the the the the the the the the the the the", 3.0, 9.0),
+                                             ("Please check the number and dial again.", 0.7, 1.3), ("", 0.0, 0.0)])
+def test_compression_ratio_flags_loops(text, low, high):
+    assert low <= compression_ratio(text) <= high
+
+
+def _samples(texts, logprobs, no_speech, lengths):
+    tokens = [[7] * n for n in lengths]
+    lookup = {id(row): text for row, text in zip(tokens, texts)}
+    return ARSamples(tokens, logprobs, no_speech, lambda row: lookup[id(row)], nfe=3)
+
+
+def test_fallback_rule_is_whispers():
+    loop = "so so so so so so so so so so so so so so so so"
+    samples = _samples(["Activated.", loop, "You", "You"], [-1.0, -0.5, -9.0, -9.0], [0.1, 0.1, 0.1, 0.9], [3, 16, 2, 2])
+    # avg log-prob = sum / (tokens + 1): -0.25 passes; a loop fails on its ratio; -3 fails, unless silence.
+    assert [samples.needs_fallback(i) for i in range(4)] == [False, True, True, False]
+
+
+def test_best_of_takes_the_likeliest_per_token_and_keep_better_prefers_passing():
+    tried = _samples(["a b", "a b c", "x", "y"], [-4.0, -3.0, -0.1, -0.4], [0.0] * 4, [4, 3, 1, 1])
+    picked = tried.best_of(2)  # group 1: -1.0 vs -1.0 per token -> first; group 2: -0.1 -> "x"
+    assert picked.tokens == [[7] * 4, [7]] and picked.logprobs == [-4.0, -0.1] and picked.nfe == 3
+    loop = "no no no no no no no no no no no no no no no"
+    current = _samples([loop, "z", "w"], [-0.1, -9.0, -0.2], [0.0] * 3, [15, 2, 1])
+    candidates = _samples(["ok", "q", "v"], [-9.0, -3.0, -9.0], [0.0] * 3, [2, 2, 1])
+    current.keep_better([0, 1, 2], candidates)
+    # 0: both fail, the candidate is under the compression limit; 1: both fail, the candidate is
+    # likelier; 2: neither condition, the current one stays.
+    assert current.logprobs == [-9.0, -3.0, -0.2]
+
+
+def test_temperature_fallback_redecodes_only_failing_rows_and_is_repeatable(whisper_model, example, monkeypatch):
+    clean = whisper_model.generate_ar([example], 24, fallback=False)
+    assert whisper_model.generate_ar([example], 24).nfe == clean.nfe  # nothing to retry
+    the = whisper_model.tokenizer.fast.encode(" the", add_special_tokens=False)[0]
+    boosted = _boost(whisper_model.base_decoder, the, 12.0)
+    unboosted = whisper_model.base_decoder.logits
+    # The greedy pass (one row) loops on " the"; the sampled passes (best-of-5 rows) see the real model.
+    monkeypatch.setattr(whisper_model.base_decoder, "logits",
+                        lambda hidden: boosted(hidden) if hidden.shape[0] == 1 else unboosted(hidden))
+    looped = whisper_model.generate_ar([example], 24, fallback=False)
+    assert looped[0] == [the] * 24 and looped.nfe == 24
+    retried = whisper_model.generate_ar([example], 24)
+    text = whisper_model.tokenizer.decode(retried[0])
+    assert retried.nfe > looped.nfe and compression_ratio(text) < 2.4
+    assert normalize_text(text) == normalize_text((ASSETS / "example.txt").read_text())
+    assert whisper_model.generate_ar([example], 24) == retried

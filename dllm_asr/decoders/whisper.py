@@ -49,6 +49,8 @@ class WhisperTokenizer:
         vocabulary = self.fast.get_vocab()  # older multilingual vocabularies name it <|nocaptions|>
         self.no_speech = self.token_id("<|nospeech|>" if "<|nospeech|>" in vocabulary else "<|nocaptions|>")
         self.english_only = self.fast.convert_tokens_to_ids("<|en|>") in (None, self.fast.unk_token_id)
+        self.blank = self.fast.encode(" ", add_special_tokens=False)[0]
+        """The lone-space token; Whisper never starts a transcript with it (suppress_blank)."""
 
     def token_id(self, token: str) -> int:
         value = self.fast.convert_tokens_to_ids(token)
@@ -64,6 +66,22 @@ class WhisperTokenizer:
         if self.english_only:
             return [self.sot, self.no_timestamps]
         return [self.sot, self.token_id(f"<|{language}|>"), self.token_id("<|transcribe|>"), self.no_timestamps]
+
+    def non_speech_ids(self) -> list[int]:
+        """Tokens Whisper's decoding never emits by default (its `suppress_tokens=-1`): those that
+        spell a bracket, quote or music symbol that is not speech (by itself or after a space), the
+        ones for " -" and " '", and each music note's first token. Suppressing them stops
+        "[Music]"-style captions and quoted transcripts that no reference contains."""
+        symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
+        symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+        notes = list("♩♪♫♬♭♮♯")
+        encode = lambda text: self.fast.encode(text, add_special_tokens=False)  # noqa: E731
+        ids = {encode(" -")[0], encode(" '")[0]}
+        for symbol in symbols + notes:
+            for pieces in (encode(symbol), encode(" " + symbol)):
+                if len(pieces) == 1 or symbol in notes:
+                    ids.add(pieces[0])
+        return sorted(i for i in ids if i < self.eot)
 
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         text = text.strip()

@@ -43,13 +43,36 @@ def confidence_and_argmax(
     uniform draw. The mask token is never a prediction (its logit is excluded from the argmax
     only, so confidences equal the reference whenever the reference would not predict [MASK]).
     """
-    noisy = gumbel_perturbed(logits, temperature, generator)
-    if mask_id is not None and 0 <= mask_id < logits.shape[-1]:
-        noisy[..., mask_id] = float("-inf")
-    tokens = noisy.argmax(dim=-1)
+    if temperature == 0:
+        tokens = argmax_except(logits, mask_id)
+    else:
+        noisy = gumbel_perturbed(logits, temperature, generator)
+        if mask_id is not None and 0 <= mask_id < logits.shape[-1]:
+            noisy[..., mask_id] = float("-inf")
+        tokens = noisy.argmax(dim=-1)
     if remasking == "random":
         scores = torch.rand(tokens.shape, generator=generator, device=logits.device).to(torch.float64)
     else:
-        probs = torch.softmax(logits.to(torch.float64), dim=-1)
-        scores = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        scores = probability_of(logits, tokens)
     return tokens, scores
+
+
+def argmax_except(logits: Tensor, excluded: int | None) -> Tensor:
+    """argmax over the last axis of logits (..., V) with token `excluded` left out, without
+    copying the logits (a (B, L, V) copy per step is most of a small decoder's step on a CPU)."""
+    tokens = logits.argmax(dim=-1)
+    if excluded is None or not 0 <= excluded < logits.shape[-1]:
+        return tokens
+    hit = tokens == excluded
+    if bool(hit.any()):
+        rows = logits[hit].clone()
+        rows[:, excluded] = float("-inf")
+        tokens[hit] = rows.argmax(dim=-1)
+    return tokens
+
+
+def probability_of(logits: Tensor, tokens: Tensor) -> Tensor:
+    """softmax(logits)[token] per position, float64 (..,): exp(logit - logsumexp), the
+    normaliser reduced in float32 over V and only the per-position results in float64."""
+    chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(torch.float64)
+    return torch.exp(chosen - torch.logsumexp(logits.float(), dim=-1).to(torch.float64))
