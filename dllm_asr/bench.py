@@ -80,19 +80,22 @@ def run_one(run: dict[str, Any], models: dict, utterances: list[Utterance], ar_h
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
-    columns = ["name", "wer", "rtf", "rtfx", "mean_nfe", "utterances", "note"]
+    columns = ["name", "wer", "rtf", "rtfx", "mean_nfe", "decoder_ms", "utterances", "note"]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows([{c: r.get(c, "") for c in columns} for r in rows])
-    lines = ["| system | WER % | RTF | RTFx | mean NFE |", "|---|---|---|---|---|"]
+    lines = ["| system | WER % | RTF | RTFx | mean NFE | decoder ms/clip |", "|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("note"):
-            lines.append(f"| {r['name']} | skipped: {r['note']} | | | |")
+            lines.append(f"| {r['name']} | skipped: {r['note']} | | | | |")
         else:
+            decoder = "" if r.get("decoder_ms") in (None, "") else f"{float(r['decoder_ms']):.1f}"
             lines.append(f"| {r['name']} | {100 * r['wer']:.2f} | {r['rtf']:.4f} | {r['rtfx']:.1f} | "
-                         f"{r['mean_nfe']:.1f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n\nWER with the Whisper English normaliser.\n")
+                         f"{r['mean_nfe']:.1f} | {decoder} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n\nWER with the Whisper English normaliser. RTF: the "
+                                    "whole pipeline (features, encoder, decoding); decoder ms/clip: decoding "
+                                    "alone, every encoder pass subtracted (blank for external systems).\n")
 
 
 def read_measured_rows(out_dir: Path) -> list[dict[str, Any]]:
@@ -176,7 +179,7 @@ def run_bench(model: str, data: str, out: str, grid: str | None = None, device: 
                 ar_hyps = report.hyps
             rows.append({"name": run["name"], "wer": report.wer, "rtf": report.rtf,
                          "rtfx": 1 / max(report.rtf, 1e-12), "mean_nfe": report.mean_nfe,
-                         "utterances": len(report.hyps)})
+                         "decoder_ms": report.decoder_ms_per_clip, "utterances": len(report.hyps)})
             print(f"{run['name']:<45} {report.summary()}", flush=True)
         write_tables(rows, out_dir)  # after every row: an interrupted run keeps what it measured
         plot(rows, out_dir)

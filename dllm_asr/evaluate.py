@@ -36,6 +36,8 @@ class EvalReport:
     audio_seconds: float
     decode_seconds: float
     skipped: list[str] = field(default_factory=list)
+    encoder_seconds: float | None = None
+    """The part of `decode_seconds` spent in the encoder (every encoder pass), None when unknown."""
 
     @property
     def wer(self) -> float:
@@ -44,6 +46,13 @@ class EvalReport:
     @property
     def rtf(self) -> float:
         return rtf(self.decode_seconds, self.audio_seconds)[0]
+
+    @property
+    def decoder_ms_per_clip(self) -> float | None:
+        """Decoding time per clip without the encoder passes, in milliseconds (None when unknown)."""
+        if self.encoder_seconds is None or not self.hyps:
+            return None
+        return 1000 * (self.decode_seconds - self.encoder_seconds) / len(self.hyps)
 
     @property
     def mean_nfe(self) -> float:
@@ -86,7 +95,7 @@ def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], optio
     untimed when `warmup` (allocations, kernel selection), then everything is timed."""
     dataset = AudioDataset(utterances, on_error="skip")
     hyps, transcripts, skipped = {}, {}, []
-    audio_seconds, timer = 0.0, Timer()
+    audio_seconds, encoder_seconds, timer = 0.0, 0.0, Timer()
     for batch_number, indices in enumerate(_batches(utterances, batch_size)):
         items = [dataset[i] for i in indices]
         skipped += [utterances[i].id for i, item in zip(indices, items) if item is None]
@@ -100,15 +109,17 @@ def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], optio
         run = _runner(model, audios, priors, options, deliberation, priors_from_data)
         if warmup and batch_number == 0:
             run()
+        encoder_before = model.encoder_seconds
         with timer:
             results = run()
+        encoder_seconds += model.encoder_seconds - encoder_before
         audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
         for item, result in zip(items, results):
             hyps[item["id"]], transcripts[item["id"]] = result.text, result
     refs = {u.id: u.text for u in utterances if u.id not in skipped}
     return EvalReport(options=_describe(options, deliberation), scores=score(refs, hyps, normalizer), hyps=hyps,
                       transcripts=transcripts, refs=refs, audio_seconds=max(audio_seconds, 1e-9),
-                      decode_seconds=timer.seconds, skipped=skipped)
+                      decode_seconds=timer.seconds, skipped=skipped, encoder_seconds=encoder_seconds)
 
 
 def _runner(model, audios, priors, options, deliberation, priors_from_data):

@@ -18,6 +18,7 @@ from .audio import log_mel_batch
 from .config import ModelConfig
 from .decoders.base import position_ids_from_mask
 from .decoders.causal import GeneratedTokens, ar_generate
+from .metrics import Timer
 
 
 @dataclass
@@ -60,9 +61,16 @@ class SpeechModel(nn.Module):
     def device(self) -> torch.device:
         return self.prompt_ids.device
 
+    encoder_seconds: float = 0.0
+    """Wall time spent in `encode` so far (all calls summed): benchmarks subtract it to report
+    the decoder's own time."""
+
     def encode(self, features: Tensor, feature_lengths: Tensor) -> AudioContext:
         """features (B, n_mels, T), feature_lengths (B,) -> AudioContext."""
-        return self.audio_context(*self.encode_hidden(features, feature_lengths))
+        with Timer() as timer:
+            audio = self.audio_context(*self.encode_hidden(features, feature_lengths))
+        self.encoder_seconds += timer.seconds
+        return audio
 
     def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
         """Waveforms (16 kHz float32) -> AudioContext."""

@@ -121,8 +121,10 @@ class WhisperDiffusionASR(SpeechModel):
         return mask & keys_valid[:, None, None, :]
 
     def response_logits(self, audio: AudioContext, tokens: Tensor, lengths: Tensor | None = None,
-                        causal: bool = False, cross: CrossCache | None = None) -> Tensor:
-        """Logits over the response block, (B, L, V).
+                        causal: bool = False, cross: CrossCache | None = None,
+                        positions: Tensor | None = None) -> Tensor:
+        """Logits over the response block, (B, L, V); with `positions` (B, L) bool, only those
+        positions' logits, (N, V) in row-major order.
 
         tokens (B, L) ids (mask id at undecided positions); lengths (B,) valid positions. With the
         shift, logits[:, i] (predicting tokens[:, i]) come from the position before it.
@@ -133,11 +135,12 @@ class WhisperDiffusionASR(SpeechModel):
             lengths = torch.full((batch,), length, device=tokens.device)
         prompt = self.prompt_ids.shape[0]
         ids = torch.cat([self.prompt_ids[None].expand(batch, -1), tokens], dim=1)
-        positions = torch.arange(prompt + length, device=tokens.device)[None].expand(batch, -1)
+        position_ids = torch.arange(prompt + length, device=tokens.device)[None].expand(batch, -1)
         mask = self._self_mask(prompt, length, lengths.to(tokens.device), causal)
         cross = self._cross(audio, self.decoder) if cross is None else cross
-        hidden, _ = self.decoder(ids, positions, mask, cross)
-        return self.decoder.logits(hidden[:, prompt - 1: prompt + length - 1])
+        hidden, _ = self.decoder(ids, position_ids, mask, cross)
+        hidden = hidden[:, prompt - 1: prompt + length - 1]
+        return self.decoder.logits(hidden if positions is None else hidden[positions.to(hidden.device)])
 
     def suppress(self, logits: Tensor) -> Tensor:
         """Decoding only: the non-speech symbol tokens get -inf (Whisper's default suppression;
@@ -150,10 +153,12 @@ class WhisperDiffusionASR(SpeechModel):
         not depend on the response); `prefix_cache` has nothing more to cache for this model."""
         cross = self._cross(audio, self.decoder)
 
-        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
+        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor, positions: Tensor | None = None) -> Tensor:
             rows = rows.to(cross.mask.device)
-            return self.suppress(self.response_logits(audio, tokens, lengths, cross=cross.select(rows)))
+            return self.suppress(self.response_logits(audio, tokens, lengths, cross=cross.select(rows),
+                                                      positions=positions))
 
+        predict.takes_positions = True  # only the positions still to decide are projected onto the vocabulary
         return predict
 
     @torch.no_grad()

@@ -3,6 +3,7 @@ import json
 
 import torch
 
+from dllm_asr.audio import load_audio
 from dllm_asr.bench import DEFAULT_GRID, point_style, run_bench
 from dllm_asr.checkpoint import save_model
 from dllm_asr.loading import build_model
@@ -31,6 +32,10 @@ def test_bench_writes_table_csv_and_plot(tiny_model, tmp_path):
     with open(out / "results.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 5 and all(float(r["rtf"]) > 0 and float(r["mean_nfe"]) >= 1 for r in table)
+    # The decoder's own time: positive, and below the whole pipeline's (the encoder is subtracted).
+    audio_seconds = sum(load_audio(row["audio"]).shape[0] for row in rows) / 16000
+    for r in table:
+        assert 0 < float(r["decoder_ms"]) < 1000 * float(r["rtf"]) * audio_seconds / 2
     assert "| diffusion 2 |" in (out / "results.md").read_text()
     assert (out / "wer_vs_rtf.png").stat().st_size > 1000
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .predictor import MaskPredictor, call_predictor
+
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch.Generator for Gumbel noise and random scores; seeded when `seed` is given."""
@@ -76,3 +78,29 @@ def probability_of(logits: Tensor, tokens: Tensor) -> Tensor:
     normaliser reduced in float32 over V and only the per-position results in float64."""
     chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(torch.float64)
     return torch.exp(chosen - torch.logsumexp(logits.float(), dim=-1).to(torch.float64))
+
+
+def predict_positions(predictor: MaskPredictor, block: Tensor, rows: Tensor, lengths: Tensor, wanted: Tensor, temperature: float,
+                      remasking: str, generator: torch.Generator | None, mask_id: int | None,
+                      seed: int | None) -> tuple[Tensor, Tensor, torch.Generator]:
+    """One forward pass; the predicted token and commit score at the `wanted` positions.
+
+    block (B', L') ids; wanted (B', L') bool. Returns predicted (B', L') (block's own ids where not
+    wanted), scores float64 (B', L') (-inf where not wanted) and the generator. Greedy
+    low-confidence decoding asks the predictor for the wanted positions' logits only; sampling
+    and random remasking draw noise over the whole block, as the reference does.
+    """
+    greedy = temperature == 0 and remasking == "low_confidence"
+    logits = call_predictor(predictor, block, rows, lengths, positions=wanted if greedy else None)
+    if generator is None:
+        generator = make_generator(seed, logits.device)
+    if greedy:
+        chosen, chosen_scores = confidence_and_argmax(logits[None], 0.0, remasking, generator, mask_id)
+        predicted = block.clone()
+        predicted[wanted] = chosen[0].to(block.device)
+        scores = torch.full(block.shape, float("-inf"), dtype=torch.float64, device=block.device)
+        scores[wanted] = chosen_scores[0].to(block.device)
+        return predicted, scores, generator
+    predicted, scores = confidence_and_argmax(logits, temperature, remasking, generator, mask_id)
+    scores = scores.to(block.device).masked_fill(~wanted, float("-inf"))
+    return predicted.to(block.device), scores, generator

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident
-from .confidence import confidence_and_argmax, make_generator
+from .confidence import predict_positions
 from .options import DecodeOptions
-from .predictor import MaskPredictor, call_predictor
+from .predictor import MaskPredictor
 from .result import DecodeResult, StepLog
 from .steps import RowSchedule
 
@@ -61,16 +61,12 @@ def diffusion_step(
     row_lengths = lengths[row_index]
     width = int(row_lengths.max())
     block = tokens[row_index, :width]
-    logits = call_predictor(predictor, block, row_index, row_lengths)
-    if generator is None:
-        generator = make_generator(options.seed, logits.device)
-    predicted, scores = confidence_and_argmax(
-        logits, options.temperature, options.remasking, generator, options.mask_id
-    )
-    predicted, scores = predicted.to(tokens.device), scores.to(tokens.device)
     masked = block == options.mask_id
     candidates = masked & window_mask(windows, width, tokens.device)
-    scores = scores.masked_fill(~candidates, float("-inf"))
+    predicted, scores, generator = predict_positions(
+        predictor, block, row_index, row_lengths, candidates, options.temperature, options.remasking,
+        generator, options.mask_id, options.seed
+    )
     chosen = choose_commits(scores, windows, options)
     updated = torch.where(chosen, predicted, block)
     if options.eos_early_stop:

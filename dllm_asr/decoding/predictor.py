@@ -12,6 +12,8 @@ class MaskPredictor(Protocol):
 
     `rows` index the original batch (the prompt/audio prefix of each row is bound inside the
     predictor); positions at or beyond `lengths[j]` are padding and their logits are ignored.
+    A predictor may also set `takes_positions = True` and accept `positions` (B', L') bool, then
+    returning only those positions' logits, (N, V) (see `call_predictor`).
     """
 
     def __call__(self, tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor: ...
@@ -30,13 +32,24 @@ def as_mask_predictor(fn: Callable[[Tensor], Tensor]) -> MaskPredictor:
     return predictor
 
 
-def call_predictor(predictor: MaskPredictor, tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
-    """Run one forward pass and check the logits' shape: (B', L', V) float, V > 1."""
+def call_predictor(predictor: MaskPredictor, tokens: Tensor, rows: Tensor, lengths: Tensor,
+                   positions: Tensor | None = None) -> Tensor:
+    """Run one forward pass and check the logits' shape: (B', L', V) float, V > 1.
+
+    positions: optional BoolTensor (B', L'): only these positions' logits are wanted, returned as
+    (N, V) in row-major order. A predictor with a true `takes_positions` attribute computes only
+    those (the output projection is most of a small decoder's cost); any other is sliced.
+    """
     with torch.no_grad():
-        logits = predictor(tokens, rows, lengths)
-    if not isinstance(logits, Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(tokens.shape):
+        if positions is not None and getattr(predictor, "takes_positions", False):
+            logits = predictor(tokens, rows, lengths, positions=positions)
+            expected = (int(positions.sum()),)
+        else:
+            logits = predictor(tokens, rows, lengths)
+            expected = tuple(tokens.shape)
+    if not isinstance(logits, Tensor) or logits.dim() != len(expected) + 1 or tuple(logits.shape[:-1]) != expected:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(
-            f"mask predictor: expected logits of shape ({tokens.shape[0]}, {tokens.shape[1]}, V), got {shape}"
-        )
+        raise ValueError(f"mask predictor: expected logits of shape ({', '.join(map(str, expected))}, V), got {shape}")
+    if positions is not None and len(expected) == 2:
+        logits = logits[positions.to(logits.device)]
     return logits

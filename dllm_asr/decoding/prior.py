@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from .commit import first_true
-from .confidence import confidence_and_argmax, make_generator
+from .confidence import predict_positions
 from .options import DecodeOptions
-from .predictor import MaskPredictor, call_predictor
+from .predictor import MaskPredictor
 from .result import DecodeResult, StepLog
 
 
@@ -103,15 +103,12 @@ def decode_prior_guided(
         row_lengths = lengths[rows]
         width = int(row_lengths.max())
         block, live = tokens[rows, :width], ~exited[rows, :width]
-        logits = call_predictor(predictor, block, rows, row_lengths)
-        if generator is None:
-            generator = make_generator(options.seed, logits.device)
-        predicted, scores = confidence_and_argmax(
-            logits, options.temperature, "low_confidence", generator, options.mask_id
+        predicted, scores, generator = predict_positions(
+            predictor, block, rows, row_lengths, live, options.temperature, "low_confidence",
+            generator, options.mask_id, options.seed
         )
-        leaving = select_exits(scores.to(tokens.device), live, options.exit_threshold,
-                               last_pass=pass_index == options.steps - 1)
-        tokens[rows, :width] = torch.where(leaving, predicted.to(tokens.device), block)
+        leaving = select_exits(scores, live, options.exit_threshold, last_pass=pass_index == options.steps - 1)
+        tokens[rows, :width] = torch.where(leaving, predicted, block)
         exited[rows, :width] |= leaving
         if options.prune:
             lengths = prune_after_eos(tokens, exited, lengths, options.eos_id)
