@@ -53,6 +53,28 @@ DYNAMIC_RANGE = 8.0  # log10 units, i.e. 80 dB
 SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au"}
 
 
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | {".mp3", ".m4a", ".aac", ".opus", ".wma", ".webm", ".mp4", ".mkv",
+                                           ".mov", ".g722", ".gsm", ".ulaw", ".alaw"}
+"""What `expand_audio_paths` takes from a directory (any format ffmpeg decodes can be named directly)."""
+
+
+def expand_audio_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Each directory in `paths` replaced by the audio files in it and its subfolders (by
+    extension, sorted); files are kept as given. A directory without audio files is an error
+    naming it."""
+    expanded = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            expanded.append(str(path))
+            continue
+        found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+        if not found:
+            raise ValueError(f"{path} is a directory with no audio files in it "
+                             f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
+        expanded += found
+    return expanded
+
+
 class AudioError(ValueError):
     """A file could not be read as audio (missing, empty, corrupt or zero-length)."""
 
@@ -89,6 +111,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         AudioError: missing, empty, corrupt or zero-length file (one line naming the file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path} is a directory, not an audio file (give the files in it, or its path "
+                         "to `dllm-asr transcribe`, which reads the audio files it holds)")
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
     if path.stat().st_size == 0:

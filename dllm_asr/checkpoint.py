@@ -24,6 +24,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
+CHECKPOINT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, STATE_TENSORS, STATE_JSON})
 
 
 def delta_parameter_names(model: nn.Module) -> list[str]:
@@ -146,12 +147,35 @@ def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 @contextmanager
 def _written_aside(directory: Path) -> Iterator[Path]:
-    """Yield a fresh sibling folder to write into; on success it replaces `directory`."""
+    """Yield a fresh sibling folder to write into; on success it replaces `directory`.
+
+    Only what this toolkit wrote is ever replaced: `directory` (and the `.tmp`/`.old` siblings
+    used for the swap) must be absent, empty, or hold nothing but checkpoint files; anything else
+    (a user's folder of models, say) is refused before a byte is written."""
     tmp = directory.with_name(directory.name + ".tmp")
+    for path in (directory, tmp, directory.with_name(directory.name + ".old")):
+        if not _absent_or_checkpoint(path):
+            raise ValueError(f"{path} exists and holds more than a dllm-asr checkpoint; refusing to replace it "
+                             "(choose a new or empty folder)")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
+    _give_normal_permissions(tmp)
     _replace_dir(tmp, directory)
+
+
+def _absent_or_checkpoint(path: Path) -> bool:
+    if not path.exists():
+        return True
+    return path.is_dir() and all(f.is_file() and f.name in CHECKPOINT_FILES for f in path.iterdir())
+
+
+def _give_normal_permissions(directory: Path) -> None:
+    """safetensors writes its files owner-only (0600); give them the mode any new file gets here."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

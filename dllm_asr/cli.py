@@ -21,25 +21,35 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_MODEL
-from .transcribe import MASKINGS, STRATEGIES, TranscribeOptions
+from .options import MASKINGS, REMASKINGS, STRATEGIES, TranscribeOptions, field_help
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TranscribeOptions field (--steps, --num-blocks, --threshold, ...)."""
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"checkpoint directory or shipped model name (default: {DEFAULT_MODEL})")
+    """One flag per TranscribeOptions field (--steps, --num-blocks, --threshold, ...), its help the
+    field's docstring."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or shipped model name")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="clips decoded together")
+    helps = field_help(TranscribeOptions)
     for f in fields(TranscribeOptions):
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name, "")
         if f.name == "strategy":
-            parser.add_argument(flag, default=f.default, choices=STRATEGIES)
+            parser.add_argument(flag, default=f.default, choices=STRATEGIES, help=text)
+        elif f.name == "remasking":
+            parser.add_argument(flag, default=f.default, choices=REMASKINGS, help=text)
         elif isinstance(f.default, bool):
-            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction)
+            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=text)
         else:
-            kind = {"length": int, "seed": int}.get(f.name, type(f.default) if f.default is not None else str)
-            parser.add_argument(flag, type=kind, default=f.default)
+            kind = {"length": int, "seed": int, "window_seconds": float}.get(f.name, type(f.default) if f.default is not None else str)
+            parser.add_argument(flag, type=kind, default=f.default, help=text)
+
+
+OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # dllm_asr.outputs.FORMATS, named here without importing torch
+
+
+def output_formats(choice: str) -> list[str]:
+    return list(OUTPUT_FORMATS) if choice == "all" else [choice]
 
 
 def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
@@ -56,10 +66,14 @@ def open_model(args: argparse.Namespace):
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from .transcribe import transcribe_files
 
+    from .audio import expand_audio_paths
+    from .outputs import write_outputs
+
     options = transcribe_options(args)
+    files = expand_audio_paths(args.files)
     model = open_model(args)
     failures = 0
-    for result in transcribe_files(model, args.files, options, batch_size=args.batch_size):
+    for result in transcribe_files(model, files, options, batch_size=args.batch_size):
         if result.error:
             failures += 1
             print(f"error: {result.error}", file=sys.stderr)
@@ -68,6 +82,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         if t.truncated:
             print(f"warning: {result.path}: the transcript filled the longest block ({len(t.tokens)} tokens) "
                   "without ending; words may be missing (raise --length or split the audio)", file=sys.stderr)
+        if args.output_format:
+            try:
+                write_outputs(result, args.output_dir, output_formats(args.output_format), options, args.overwrite)
+            except (OSError, ValueError) as err:
+                failures += 1
+                print(f"error: {result.path}: {err}", file=sys.stderr)
         if args.format == "jsonl":
             record = {"audio": result.path, "text": t.text, "nfe": t.nfe, "steps": t.steps,
                       "no_speech_prob": t.no_speech_prob, "truncated": t.truncated}
@@ -76,7 +96,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             print(json.dumps(record))
         else:
             print(f"{result.path}\t{t.text}")
-    return 1 if failures == len(args.files) else 0
+    return 1 if failures else 0  # every readable file was transcribed; the status says some were not
 
 
 def cmd_deliberate(args: argparse.Namespace) -> int:
@@ -98,7 +118,7 @@ def cmd_deliberate(args: argparse.Namespace) -> int:
             continue
         print(json.dumps({"id": key, "prior": priors[key], "text": result.transcript.text,
                           "nfe": result.transcript.nfe}))
-    return 1 if all(r.error for r in results) else 0
+    return 1 if any(r.error for r in results) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -170,64 +190,83 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="transcribe audio files")
     add_decoding_flags(p)
-    p.add_argument("--format", choices=("text", "jsonl"), default="text")
-    p.add_argument("files", nargs="+")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="text: 'path<TAB>transcript' lines; jsonl: one JSON object per file")
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS + ("all",), default=None,
+                   help="also write each transcript as a file in this format (all: every one), as the Whisper CLI does")
+    p.add_argument("--output-dir", default=".", help="folder for the --output-format files")
+    p.add_argument("--overwrite", action="store_true", help="replace --output-format files that already exist")
+    p.add_argument("files", nargs="+", help="audio files (any format ffmpeg reads), or directories of them")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("deliberate", help="deliberate prior transcripts (Whisper-LLaDA sec. 3.3.1)")
     add_decoding_flags(p)
     add_deliberation_flags(p, required=True)
     p.add_argument("--prior", required=True, help="JSONL or Kaldi text file of prior transcripts (ids = file stems)")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="audio files whose stems name their prior transcripts")
     p.set_defaults(func=cmd_deliberate)
 
     p = sub.add_parser("train", help="train from a recipe")
-    p.add_argument("--config", required=True)
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the recipe")
+    p.add_argument("--config", required=True, help="a recipe YAML file, or the name of a shipped recipe: "
+                   + ", ".join(shipped_recipes()))
+    p.add_argument("overrides", nargs="*", default=[], help="key.sub=value overrides of the recipe, e.g. "
+                   "schedule.lr=1e-4 stages.0.steps=500 stop_after_minutes=60")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="decode, score and time a data set")
     add_decoding_flags(p)
     add_deliberation_flags(p, required=False)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-utterances", type=int, default=None)
+    p.add_argument("--data", required=True, help="JSONL manifest, LibriSpeech folder or Kaldi data dir")
+    p.add_argument("--out", required=True, help="folder for hyps.jsonl, errors.jsonl and report.md")
+    p.add_argument("--max-utterances", type=int, default=None, help="score only the first N utterances")
     p.add_argument("--audio-gain", type=int, default=0, metavar="N",
                    help="also print how much the first N clips' own audio lowers the loss (0: off)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("score", help="score a hypothesis file against a reference file")
-    p.add_argument("ref")
-    p.add_argument("hyp")
-    p.add_argument("--normalizer", default="whisper_english", choices=("whisper_english", "whisper_basic", "none"))
+    p.add_argument("ref", help="reference transcripts: JSONL (id, text) or Kaldi text file")
+    p.add_argument("hyp", help="hypotheses, same formats")
+    p.add_argument("--normalizer", default="whisper_english", choices=("whisper_english", "whisper_basic", "none"),
+                   help="text normalisation applied to both sides before scoring")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("bench", help="Table-1-style grid of strategies: WER, RTF, NFE")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint or shipped name (default: {DEFAULT_MODEL})")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--grid", default=None, help="YAML list of runs (default: the papers' grid)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint or shipped model name")
+    p.add_argument("--data", required=True, help="JSONL manifest, LibriSpeech folder or Kaldi data dir")
+    p.add_argument("--out", required=True, help="folder for results.csv, results.md and wer_vs_rtf.png")
+    p.add_argument("--grid", default=None, help="YAML list of runs (None: the papers' grid)")
     p.add_argument("--ar-model", default=None, help="AR baseline checkpoint: adds AR, deliberation and AR-prior runs "
                    "(a Whisper-family model is its own AR baseline)")
     p.add_argument("--against", choices=["faster-whisper"], default=None,
                    help="add faster-whisper tiny.en (int8, greedy) on the same clips, timed the same way")
     p.add_argument("--reuse", action="store_true", help="keep rows already in OUT/results.csv; measure the rest")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--max-utterances", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--max-utterances", type=int, default=None, help="bench only the first N utterances")
+    p.add_argument("--batch-size", type=int, default=8, help="clips decoded together")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export", help="copy a checkpoint's model, without training state, e.g. in fp16 to ship")
     p.add_argument("checkpoint", help="checkpoint directory (e.g. runs/x/checkpoints/best)")
-    p.add_argument("out", help="output directory (replaced)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
+    p.add_argument("out", help="output directory: new, empty, or an earlier export (never a folder holding anything else)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16", help="dtype of the exported deltas")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("corpus", help="synthesise an English speech corpus", add_help=False)
     p.add_argument("corpus_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_corpus)
+    for name, command in sub.choices.items():
+        if name != "corpus":
+            # -v after the command too; SUPPRESS keeps a -v given before it
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help="log what the library does (INFO level)")
+            command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in dllm_asr/recipes (read without importing torch)."""
+    return sorted(path.stem for path in (Path(__file__).parent / "recipes").glob("*.yaml"))
 
 
 def add_deliberation_flags(parser: argparse.ArgumentParser, required: bool) -> None:

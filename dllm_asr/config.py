@@ -105,6 +105,10 @@ class ModelConfig:
     objective: str = "diffusion"
     """"diffusion" (masked-diffusion decoder) or "ar" (the same LM used causally: the
     Whisper-LLaMA-style autoregressive baseline)."""
+    window_seconds: float = 30.0
+    """Longest audio decoded in one piece; longer clips are cut at pauses into windows of at most
+    this long (`dllm_asr.segment`). Whisper's 30 s by default; a model trained on short clips
+    sets what it was trained on."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,7 +120,7 @@ class ModelConfig:
             adapter=_build(AdapterConfig, data.get("adapter", {})),
             decoder=_build(DecoderConfig, data.get("decoder", {})),
             lora=_build(LoraSettings, data.get("lora", {})),
-            **{k: v for k, v in data.items() if k in ("prompt", "max_response_tokens", "objective")},
+            **{k: v for k, v in data.items() if k in ("prompt", "max_response_tokens", "objective", "window_seconds")},
         )
 
     def save(self, path: str | Path) -> None:

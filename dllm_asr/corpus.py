@@ -36,6 +36,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
+from dllm_asr.progress import progress
 from dllm_asr.textnorm import normalize_sentence, split_sentences
 
 __all__ = [
@@ -304,6 +305,9 @@ def split_targets(hours: float | Mapping[str, float] | None, num_utterances: int
         per_split = {"train": int(num_utterances) - sum(evals.values()), **evals}
     else:
         per_split = {s: f * float(hours) for s, f in DEFAULT_SPLIT_FRACTIONS.items()}
+    if num_utterances is not None and not isinstance(value, Mapping) and per_split["train"] <= 0:
+        raise ValueError(f"--utterances {num_utterances} is too few: every split needs at least one utterance, "
+                         f"so give at least {sum(evals.values()) + 1}")
     if any(v is None or v <= 0 for v in per_split.values()):
         raise ValueError(f"every split needs a positive size; got {per_split}")
     if hours is None:
@@ -562,11 +566,12 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def _synthesize_all(batches: list[SynthesisBatch], out_dir: Path, jobs: int) -> list[dict]:
     if jobs == 1:
-        return [row for batch in batches for row in synthesize_batch(batch, str(out_dir))]
+        results = (synthesize_batch(batch, str(out_dir)) for batch in batches)
+        return [row for rows in progress(results, len(batches), "corpus", "batch") for row in rows]
     # spawn, not fork: the caller may hold torch threads; workers import only numpy/scipy
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         results = pool.map(synthesize_batch, batches, [str(out_dir)] * len(batches), chunksize=2)
-        return [row for rows in results for row in rows]
+        return [row for rows in progress(results, len(batches), "corpus", "batch") for row in rows]
 
 
 def build_corpus(out_dir: str | os.PathLike, hours: float | Mapping[str, float] | None = None,

@@ -19,6 +19,7 @@ import torch
 from .audio import SAMPLE_RATE
 from .data import AudioDataset, Utterance, load_dataset
 from .metrics import ScoreReport, Timer, rtf, score
+from .progress import progress
 from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
 from .model import AudioContext, SpeechLLM, encode_transcripts, transcript_and_eos
 from .transcribe import TranscribeOptions, Transcript, deliberate_batch, transcribe_batch
@@ -96,7 +97,8 @@ def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], optio
     dataset = AudioDataset(utterances, on_error="skip")
     hyps, transcripts, skipped = {}, {}, []
     audio_seconds, encoder_seconds, timer = 0.0, 0.0, Timer()
-    for batch_number, indices in enumerate(_batches(utterances, batch_size)):
+    batches = _batches(utterances, batch_size)
+    for batch_number, indices in enumerate(progress(batches, len(batches), "decode", "batch")):
         items = [dataset[i] for i in indices]
         skipped += [utterances[i].id for i, item in zip(indices, items) if item is None]
         items = [item for item in items if item is not None]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,15 @@ class DataSettings:
     on_error: str = "skip"
     """A bad clip or transcript: "skip" it with a warning, or "stop"."""
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("max_batch_size", "dev_max_utterances"):
+            if isinstance(getattr(self, key), int) and getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if isinstance(self.max_batch_seconds, (int, float)) and self.max_batch_seconds <= 0:
+            raise ValueError(f"data.max_batch_seconds must be > 0, got {self.max_batch_seconds}")
+        if self.on_error not in ("skip", "stop"):
+            raise ValueError(f"data.on_error must be skip or stop, got {self.on_error!r}")
 
 
 @dataclass
@@ -102,16 +113,27 @@ class TrainConfig:
     def eval_options(self):
         """Decoding options of the dev WER; a causal (objective "ar") model is always decoded
         autoregressively, whatever `eval.strategy` says (the recipes share one eval section)."""
-        from .transcribe import TranscribeOptions
+        from .options import TranscribeOptions
 
-        options = TranscribeOptions(**self.eval)
+        allowed = {f.name for f in dataclasses.fields(TranscribeOptions)}
+        unknown = sorted(set(self.eval) - allowed)
+        if unknown:
+            raise ValueError(f"unknown eval option(s): {', '.join('eval.' + k for k in unknown)}; "
+                             f"allowed: {', '.join(sorted(allowed))}")
+        try:
+            options = TranscribeOptions(**self.eval)
+        except (TypeError, ValueError) as err:  # its messages name CLI flags: name the recipe keys
+            raise ValueError(re.sub(r"--([a-z-]+)", lambda m: "eval." + m.group(1).replace("-", "_"), str(err))) from None
         return replace(options, strategy="ar") if self.model.objective == "ar" else options
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        for key in ("grad_accum", "log_every", "save_every"):
+            if isinstance(getattr(self, key), int) and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.loss_weighting not in ("llada", "none"):
+            raise ValueError(f"loss_weighting must be llada or none, got {self.loss_weighting!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -153,16 +175,55 @@ def _list_index(node: list, key: str, text: str) -> int:
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build and validate a TrainConfig: unknown keys, wrong types and impossible values are
+    refused with the key's name (e.g. "eval.stpes", "data.max_batch_size") before any work."""
     data = dict(data)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown recipe key(s): {', '.join(unknown)}")
+        raise ValueError(f"unknown recipe key(s): {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     model = ModelConfig.from_dict(data.pop("model", {}))
-    data_settings = _build(DataSettings, data.pop("data", {}) or {})
-    stages = [_build(Stage, s) for s in data.pop("stages", [{}])]
-    schedule = _build(LRSchedule, data.pop("schedule", {}) or {})
-    return TrainConfig(model=model, data=data_settings, stages=stages, schedule=schedule, **data)
+    data_settings = check_types(_build(DataSettings, data.pop("data", {}) or {}), "data")
+    stages = [check_types(_build(Stage, s), f"stages.{i}") for i, s in enumerate(data.pop("stages", [{}]))]
+    schedule = check_types(_build(LRSchedule, data.pop("schedule", {}) or {}), "schedule")
+    config = check_types(TrainConfig(model=model, data=data_settings, stages=stages, schedule=schedule, **data), "")
+    config.eval_options()  # the dev decoding options: unknown or impossible ones fail here, not at step 150
+    return config
+
+
+def check_types(section: Any, name: str) -> Any:
+    """Each field of the dataclass `section` holds a value of its annotated type (an int where a
+    float is expected is fine); otherwise a ValueError naming `name.field`. Returns `section`."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, expected = getattr(section, f.name), hints[f.name]
+        if not _is_instance(value, expected):
+            key = f"{name}.{f.name}" if name else f.name
+            raise ValueError(f"{key} must be {_type_name(expected)}, got {value!r}")
+    return section
+
+
+def _is_instance(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or expected)
+
+
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return "null"
+    return getattr(typing.get_origin(expected) or expected, "__name__", str(expected))
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"

@@ -28,8 +28,8 @@ class Stage:
         unknown = sorted(set(self.train) - set(TRAINABLE_PARTS))
         if unknown:
             raise ValueError(f"stage {self.name!r}: unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}")
-        if self.steps < 1:
-            raise ValueError(f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"stage {self.name!r}: steps must be an integer >= 1, got {self.steps!r}")
 
 
 @dataclass
@@ -40,6 +40,12 @@ class LRSchedule:
     warmup_start_lr: float = 1e-6
     min_lr: float = 1e-5
     warmup_steps: int = 3000
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "warmup_start_lr", "min_lr", "warmup_steps"):
+            value = getattr(self, key)
+            if isinstance(value, (int, float)) and value < 0:
+                raise ValueError(f"schedule.{key} must be >= 0, got {value}")
 
 
 @dataclass

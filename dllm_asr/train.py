@@ -314,8 +314,8 @@ class Trainer:
             if wer is not None:
                 gain = self.dev_audio_gain()
                 self.log({"dev_wer": wer} if gain is None else {"dev_wer": wer, "dev_audio_gain": gain}, group="dev")
-                log.info("step %d: dev WER %.2f%% (whisper_english normaliser), audio gain %s nats",
-                         self.step, 100 * wer, "-" if gain is None else f"{gain:.3f}")
+                tqdm.write(f"step {self.step}: dev WER {100 * wer:.2f}% (whisper_english normaliser), audio gain "
+                           f"{'-' if gain is None else f'{gain:.3f}'} nats/token", file=sys.stderr)
                 if wer < self.best_wer:
                     self.best_wer = wer
                     self.save("best")

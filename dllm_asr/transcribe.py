@@ -21,52 +21,8 @@ from .audio import AudioError, SAMPLE_RATE, load_audio
 from .decoding import DecodeOptions, decode, deliberate_semi_ar, mask_low_confidence, mask_random, pack_priors
 from .encoders import ctc_greedy_decode
 from .model import AudioContext, SpeechLLM
-
-STRATEGIES = ("diffusion", "semi-ar", "threshold", "prior", "ar")
-MASKINGS = ("random", "low-confidence", "semi-ar")
-
-
-@dataclass(frozen=True)
-class TranscribeOptions:
-    """How to turn audio into text. Every field maps to a command-line flag of `dllm-asr transcribe`."""
-
-    strategy: str = "diffusion"
-    """diffusion | semi-ar | threshold | prior (prior-guided, dLLM-ASR) | ar (autoregressive model)."""
-    steps: int = 32
-    """Denoising steps (diffusion, semi-ar); the pass limit for prior-guided decoding."""
-    num_blocks: int = 4
-    """Semi-AR sub-blocks (semi-ar strategy)."""
-    threshold: float = 0.9
-    """Confidence threshold tau (threshold strategy)."""
-    length: int | None = None
-    """Response block length L; None anchors it on each clip's duration (see `block_lengths`)."""
-    tokens_per_second: float = 6.0
-    """Upper bound of transcript tokens per second of speech, for the duration-anchored length."""
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-    seed: int | None = 0
-    margin: int = 4
-    """Prior-guided: masked positions appended after the prior so the model can extend it."""
-    exit_threshold: float = 0.9
-    """Prior-guided: confidence at which a token leaves the denoising loop."""
-    prune: bool = True
-    """Prior-guided: drop positions after a confidently predicted EOS."""
-    num_beams: int = 1
-    """AR strategy: beam width (1 = greedy)."""
-    trace: bool = False
-    """Keep the block after every step (for visualisation)."""
-    prefix_cache: bool = False
-    """Cache the prompt+audio keys/values once per batch (Fast-dLLM; approximate, faster)."""
-    no_speech_threshold: float | None = 0.6
-    """A clip whose no-speech probability is above this gets an empty transcript (Whisper's
-    default 0.6); None never skips. Only models with the signal (the Whisper family) use it."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.length is not None and self.length < 1:
-            raise ValueError(f"--length must be >= 1, got {self.length}")
-
+from .options import MASKINGS, STRATEGIES, TranscribeOptions
+from .segment import split_at_pauses
 
 @dataclass
 class Transcript:
@@ -81,6 +37,17 @@ class Transcript:
     """The model's probability that the clip holds no speech (None: the model has no such signal)."""
     truncated: bool = False
     """The transcript filled the longest block allowed without ending: words may be missing."""
+    segments: list[Segment] | None = None
+    """The windows a long clip was cut into (`dllm_asr.segment`), in order; None: decoded whole."""
+
+
+@dataclass
+class Segment:
+    """One window of a long clip: its start and end in seconds and its transcript."""
+
+    start: float
+    end: float
+    text: str
 
 
 def block_lengths(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions) -> Tensor:
@@ -154,11 +121,43 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
                      priors: Sequence[str] | None = None) -> list[Transcript]:
     """Transcribe a batch of 16 kHz waveforms. `priors` (texts) replace the model's own prior for `prior`.
 
-    Clips the model judges silent (no-speech probability above `options.no_speech_threshold`, for
-    models that have the signal) get an empty transcript and cost no decoding; a transcript that
-    fills its whole block without an EOS is decoded again in a longer block (see `regrow`).
+    A clip longer than the window (`options.window_seconds`, else the model's) is cut at pauses
+    (`dllm_asr.segment.split_at_pauses`); its windows are decoded in batches of `len(audios)` and
+    their transcripts joined, with the windows in `Transcript.segments`. Clips the model judges
+    silent (no-speech probability above `options.no_speech_threshold`, for models that have the
+    signal) get an empty transcript and cost no decoding; a transcript that fills its whole block
+    without an EOS is decoded again in a longer block (see `regrow`).
     """
     check_strategy(model, options.strategy)
+    seconds = options.window_seconds or model.config.window_seconds
+    windows = [[(0, len(a))] if priors is not None else split_at_pauses(a, seconds) for a in audios]
+    if all(len(w) == 1 for w in windows):  # a prior text belongs to its whole clip: never cut
+        return _transcribe_windows(model, audios, options, priors)
+    pieces = [(i, start, end) for i, clip in enumerate(windows) for start, end in clip]
+    decoded = []
+    for first in range(0, len(pieces), len(audios)):
+        batch = pieces[first: first + len(audios)]
+        decoded += _transcribe_windows(model, [audios[i][start:end] for i, start, end in batch], options)
+    return [join_windows([(s, e, t) for (i, s, e), t in zip(pieces, decoded) if i == clip])
+            for clip in range(len(audios))]
+
+
+def join_windows(windows: list[tuple[int, int, Transcript]]) -> Transcript:
+    """One clip's transcript from its windows' [(start sample, end sample, transcript)], in order."""
+    if len(windows) == 1:
+        return windows[0][2]
+    parts = [t for _, _, t in windows]
+    no_speech = [t.no_speech_prob for t in parts if t.no_speech_prob is not None]
+    return Transcript(text=" ".join(t.text for t in parts if t.text), tokens=[tok for t in parts for tok in t.tokens],
+                      nfe=sum(t.nfe for t in parts), steps=sum(t.steps for t in parts),
+                      no_speech_prob=min(no_speech) if no_speech else None,
+                      truncated=any(t.truncated for t in parts),
+                      segments=[Segment(s / SAMPLE_RATE, e / SAMPLE_RATE, t.text) for s, e, t in windows])
+
+
+def _transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions,
+                        priors: Sequence[str] | None = None) -> list[Transcript]:
+    """`transcribe_batch` for clips no longer than one window."""
     model.eval()
     audio = model.encode_audio(audios)
     probs = model.no_speech_probs(audio) if options.no_speech_threshold is not None else None
@@ -258,7 +257,10 @@ class FileResult:
     path: str
     transcript: Transcript | None
     seconds: float
+    """Decoding time per clip of the file's batch."""
     error: str | None = None
+    duration: float = 0.0
+    """Length of the audio in seconds (0 when it could not be read)."""
 
 
 def transcribe_files(model: SpeechLLM, paths: Sequence[str | Path], options: TranscribeOptions = TranscribeOptions(),
@@ -287,7 +289,8 @@ def transcribe_files(model: SpeechLLM, paths: Sequence[str | Path], options: Tra
             batch_priors = [priors[index] for _, _, index in loaded]
             transcripts = deliberate_batch(model, audios, batch_priors, options=options, **deliberation)
         per_clip = (time.perf_counter() - started) / max(len(loaded), 1)
-        done = {p: FileResult(p, t, per_clip) for (p, _, _), t in zip(loaded, transcripts)}
+        done = {p: FileResult(p, t, per_clip, duration=len(a) / SAMPLE_RATE)
+                for (p, a, _), t in zip(loaded, transcripts)}
         for path in paths[start:start + batch_size]:
             results.append(done.get(str(path)) or FileResult(str(path), None, 0.0, errors[str(path)]))
     return results

@@ -152,11 +152,14 @@ class WhisperDiffusionASR(SpeechModel):
         cross-attention layer are computed once here and reused at every step (exact: they do
         not depend on the response); `prefix_cache` has nothing more to cache for this model."""
         cross = self._cross(audio, self.decoder)
+        selected: dict[tuple[int, ...], CrossCache] = {}  # the last row set's keys/values: it rarely changes
 
         def predict(tokens: Tensor, rows: Tensor, lengths: Tensor, positions: Tensor | None = None) -> Tensor:
-            rows = rows.to(cross.mask.device)
-            return self.suppress(self.response_logits(audio, tokens, lengths, cross=cross.select(rows),
-                                                      positions=positions))
+            key = tuple(rows.tolist())
+            if key not in selected:
+                selected.clear()
+                selected[key] = cross.select(rows.to(cross.mask.device))
+            return self.suppress(self.response_logits(audio, tokens, lengths, cross=selected[key], positions=positions))
 
         predict.takes_positions = True  # only the positions still to decide are projected onto the vocabulary
         return predict

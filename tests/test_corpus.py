@@ -154,6 +154,8 @@ def test_bad_options_give_clear_errors(tmp_path: Path) -> None:
         corpus.build_corpus(tmp_path / "b", num_utterances=4, engines=("festival",))
     with pytest.raises(ValueError, match="text source"):
         corpus.load_sentences(["nonsense"])
+    with pytest.raises(ValueError, match="--utterances 1 is too few.*at least 4"):
+        corpus.build_corpus(tmp_path / "c", num_utterances=1, sources=["wordnet"])
 
 
 # --------------------------------------------------------------------------- tiny real builds

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
@@ -71,6 +74,31 @@ def test_export_to_fp16_halves_the_file_and_loads_into_fp32(tiny_model, tmp_path
         export_model(tmp_path / "ckpt", tmp_path / "x", dtype="int8")
     with pytest.raises(ValueError, match="not a dllm-asr checkpoint"):
         export_model(tmp_path, tmp_path / "x")
+
+
+def test_export_and_save_never_replace_what_they_did_not_write(tiny_model, tmp_path):
+    save_model(tiny_model, tmp_path / "ckpt")
+    models = tmp_path / "models"  # a user's folder of other things
+    models.mkdir()
+    (models / "other-model.bin").write_bytes(b"theirs")
+    with pytest.raises(ValueError, match="holds more than a dllm-asr checkpoint"):
+        export_model(tmp_path / "ckpt", models)
+    with pytest.raises(ValueError, match="holds more than a dllm-asr checkpoint"):
+        save_model(tiny_model, models)
+    assert sorted(p.name for p in models.iterdir()) == ["other-model.bin"]
+    assert (models / "other-model.bin").read_bytes() == b"theirs"
+    (tmp_path / "ship.tmp").mkdir()  # a sibling the swap would use, holding the user's file
+    (tmp_path / "ship.tmp" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="ship.tmp"):
+        export_model(tmp_path / "ckpt", tmp_path / "ship")
+    assert (tmp_path / "ship.tmp" / "notes.txt").read_text() == "keep"
+    export_model(tmp_path / "ckpt", tmp_path / "ship2")
+    export_model(tmp_path / "ckpt", tmp_path / "ship2")  # an earlier export of ours is replaced
+    umask = os.umask(0)
+    os.umask(umask)
+    for directory in ("ckpt", "ship2"):
+        for path in (tmp_path / directory).iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
 def test_bad_checkpoint_directories_give_one_line_errors(tmp_path):

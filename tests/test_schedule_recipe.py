@@ -75,3 +75,26 @@ def test_train_state_round_trip_without_pickle(tmp_path):
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(opt2.state_dict()["state"][0][key], opt.state_dict()["state"][0][key])
     assert opt2.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.stpes=3", r"unknown eval option\(s\): eval.stpes; allowed: .*steps"),
+    ("eval.steps=-3", "eval.steps must be >= 1"),
+    ("eval.threshold=1.5", r"eval.threshold must be in \(0, 1\]"),
+    ("data.max_batch_size=0", "data.max_batch_size must be >= 1"),
+    ("data.max_batch_size=2.5", "data.max_batch_size must be int"),
+    ("data.dev=5", "data.dev must be str or null"),
+    ("schedule.lr=abc", "schedule.lr must be float"),
+    ("schedule.lr=-1e-4", "schedule.lr must be >= 0"),
+    ("stages.0.steps=x", "steps must be an integer >= 1"),
+    ("grad_accum=0", "grad_accum must be >= 1"),
+    ("save_every=0", "save_every must be >= 1"),
+    ("data.on_error=ignore", "data.on_error must be skip or stop"),
+])
+def test_every_shipped_recipe_loads_and_bad_values_are_named_at_load(override, message):
+    from dllm_asr.cli import shipped_recipes
+
+    for name in shipped_recipes():
+        load_train_config(name)
+    with pytest.raises(ValueError, match=message):
+        load_train_config("tiny-en", [override])

@@ -255,7 +255,7 @@ def test_log_file_gets_plain_progress_lines_not_a_redrawn_bar(tmp_path, recipe_f
     assert "loss" in lines[0] and "utt/s" in lines[0]
 
 
-def test_one_clip_dev_set_logs_wer_without_audio_gain(tmp_path, recipe_file, tiny_data):
+def test_one_clip_dev_set_logs_wer_without_audio_gain(tmp_path, recipe_file, tiny_data, capfd):
     dev = tiny_data.parent / "dev1.jsonl"  # beside the clips its relative paths name
     dev.write_text(tiny_data.read_text().splitlines()[0] + "\n")
     args = ["train", "--config", str(recipe_file), f"output_dir={tmp_path / 'run'}", f"data.train={tiny_data}",
@@ -263,6 +263,7 @@ def test_one_clip_dev_set_logs_wer_without_audio_gain(tmp_path, recipe_file, tin
     assert cli.main(args) == 0
     (record,) = [r for r in read_log(tmp_path / "run") if "dev_wer" in r]
     assert record["step"] == 2 and "dev_audio_gain" not in record
+    assert f"step 2: dev WER {100 * record['dev_wer']:.2f}%" in capfd.readouterr().err  # printed, not only logged
 
 
 def test_bad_clip_stops_training_with_a_one_line_error(tmp_path, recipe_file, tiny_data, capsys):

@@ -1,8 +1,10 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from dllm_asr.audio import AudioError, load_audio
 from dllm_asr.checkpoint import save_model
 from dllm_asr.cli import main
 from dllm_asr.loading import build_model
@@ -79,7 +81,7 @@ def test_cli_transcribe_eval_and_score(tiny_model, tmp_path, capsys):
     code = main(["transcribe", "--model", str(tmp_path / "ckpt"), "--steps", "2", "--length", "4",
                  "--format", "jsonl", str(ASSETS / "example.wav"), str(DATA / "corrupt.wav")])
     captured = capsys.readouterr()
-    assert code == 0
+    assert code == 1  # one of the two files failed
     line = json.loads(captured.out.strip().splitlines()[0])
     assert line["audio"].endswith("example.wav") and line["nfe"] >= 1
     assert "corrupt.wav" in captured.err
@@ -111,7 +113,7 @@ def test_cli_deliberate_skips_a_corrupt_clip(tiny_model, tmp_path, capsys):
     code = main(["deliberate", "--model", str(tmp_path / "ckpt"), "--prior", str(prior), "--mask", "semi-ar",
                  "--chunks", "2", "--steps", "2", str(ASSETS / "example.wav"), str(DATA / "corrupt.wav")])
     captured = capsys.readouterr()
-    assert code == 0
+    assert code == 1  # the corrupt clip failed
     line = json.loads(captured.out.strip())
     assert line["id"] == "example" and line["prior"] == "the quick brown fox" and line["nfe"] >= 1
     assert "corrupt.wav" in captured.err and captured.err.count("\n") == 1
@@ -131,3 +133,70 @@ def test_a_transcript_that_fills_its_block_is_decoded_again_in_a_longer_one(tiny
     assert len(result.tokens) == cap and result.nfe > 2
     fixed = transcribe_batch(tiny_model, real_clips[:1], TranscribeOptions(strategy="diffusion", steps=2, length=6))[0]
     assert len(fixed.tokens) == 6 and fixed.truncated  # a length the user chose is never changed
+
+
+def test_cli_reads_a_directory_and_says_when_a_file_failed(tiny_model, tmp_path, capsys):
+    save_model(tiny_model, tmp_path / "ckpt")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    (folder / "sub" / "a.wav").write_bytes((ASSETS / "example.wav").read_bytes())
+    (folder / "notes.txt").write_text("not audio")
+    code = main(["transcribe", "--model", str(tmp_path / "ckpt"), "--steps", "2", "--length", "4", str(folder),
+                 str(DATA / "corrupt.wav")])
+    captured = capsys.readouterr()
+    assert code == 1  # the good clip is transcribed, and the status says one file was not
+    assert captured.out.startswith(str(folder / "sub" / "a.wav") + "\t") and captured.out.count("\n") == 1
+    assert "corrupt.wav" in captured.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["transcribe", "--model", str(tmp_path / "ckpt"), str(empty)]) == 2
+    assert "is a directory with no audio files" in capsys.readouterr().err
+
+
+def test_load_audio_names_a_directory(tmp_path):
+    with pytest.raises(AudioError, match="is a directory, not an audio file"):
+        load_audio(tmp_path)
+
+
+def test_verbose_works_after_the_command_and_help_needs_no_torch():
+    import subprocess
+    import sys
+
+    from dllm_asr.cli import build_parser
+
+    assert build_parser().parse_args(["eval", "--data", "d", "--out", "o", "-v"]).verbose is True
+    assert build_parser().parse_args(["-v", "score", "r", "h"]).verbose is True
+    assert build_parser().parse_args(["score", "r", "h"]).verbose is False
+    check = ("import sys; from dllm_asr.cli import build_parser; build_parser().format_help(); "
+             "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be >= 1"), (["--threshold", "1.5"], "--threshold must be in (0, 1]"),
+    (["--exit-threshold", "0"], "--exit-threshold must be in (0, 1]"),
+    (["--no-speech-threshold", "2"], "--no-speech-threshold must be in [0, 1]"),
+])
+def test_bad_decoding_options_are_refused_before_the_model_loads(flags, message, capsys, tmp_path):
+    assert main(["transcribe", "--model", str(tmp_path / "not-loaded"), *flags, str(ASSETS / "example.wav")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "not-loaded" not in err and err.count("\n") == 1
+
+
+def test_a_long_clip_is_cut_at_pauses_and_its_windows_joined(tiny_model, real_clips):
+    from dllm_asr.segment import split_at_pauses
+
+    gap = np.zeros(8000, dtype=np.float32)
+    long_clip = np.concatenate([real_clips[0], gap, real_clips[0], gap, real_clips[0]])
+    seconds = len(real_clips[0]) / 16000 + 0.6
+    options = TranscribeOptions(steps=2, length=4, window_seconds=seconds)
+    whole, alone = transcribe_batch(tiny_model, [long_clip, real_clips[0]], options)
+    windows = split_at_pauses(long_clip, seconds)
+    assert len(whole.segments) == len(windows) == 3 and alone.segments is None
+    assert [(s.start, s.end) for s in whole.segments] == [(a / 16000, b / 16000) for a, b in windows]
+    pieces = transcribe_batch(tiny_model, [long_clip[a:b] for a, b in windows], options)
+    assert whole.text == " ".join(p.text for p in pieces if p.text)
+    assert whole.nfe == sum(p.nfe for p in pieces) and whole.tokens == [t for p in pieces for t in p.tokens]
+    # the window is the model's own unless the options name one
+    assert transcribe_batch(tiny_model, [long_clip], TranscribeOptions(steps=2, length=4))[0].segments is None

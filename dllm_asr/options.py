@@ -1,0 +1,91 @@
+"""How to decode: `TranscribeOptions` (one field per `dllm-asr transcribe` flag) and the names of
+the strategies and deliberation maskings. Free of torch, so the command line can build its
+parser (and answer `--help`) without loading it."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from dataclasses import dataclass
+
+
+STRATEGIES = ("diffusion", "semi-ar", "threshold", "prior", "ar")
+MASKINGS = ("random", "low-confidence", "semi-ar")
+REMASKINGS = ("low_confidence", "random")
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """How to turn audio into text. Every field maps to a command-line flag of `dllm-asr transcribe`."""
+
+    strategy: str = "diffusion"
+    """diffusion | semi-ar | threshold | prior (prior-guided, dLLM-ASR) | ar (autoregressive model)."""
+    steps: int = 32
+    """Denoising steps (diffusion, semi-ar); the pass limit for prior-guided decoding."""
+    num_blocks: int = 4
+    """Semi-AR sub-blocks (semi-ar strategy)."""
+    threshold: float = 0.9
+    """Confidence threshold tau (threshold strategy)."""
+    length: int | None = None
+    """Response block length L; None anchors it on each clip's duration (see `block_lengths`)."""
+    tokens_per_second: float = 6.0
+    """Upper bound of transcript tokens per second of speech, for the duration-anchored length."""
+    temperature: float = 0.0
+    """Gumbel sampling temperature for each predicted token (0: greedy argmax)."""
+    remasking: str = "low_confidence"
+    """Which masked tokens commit first: low_confidence (the most confident) or random."""
+    seed: int | None = 0
+    """Seed of the sampling noise and random remasking (None: a fresh seed each run)."""
+    margin: int = 4
+    """Prior-guided: masked positions appended after the prior so the model can extend it."""
+    exit_threshold: float = 0.9
+    """Prior-guided: confidence at which a token leaves the denoising loop."""
+    prune: bool = True
+    """Prior-guided: drop positions after a confidently predicted EOS."""
+    num_beams: int = 1
+    """AR strategy: beam width (1 = greedy)."""
+    trace: bool = False
+    """Keep the block after every step (for visualisation)."""
+    prefix_cache: bool = False
+    """Cache the prompt+audio keys/values once per batch (Fast-dLLM; approximate, faster)."""
+    window_seconds: float | None = None
+    """Longest audio decoded in one piece: longer clips are cut at pauses and their windows'
+    transcripts joined. None: the model's own (its config's window_seconds)."""
+    no_speech_threshold: float | None = 0.6
+    """A clip whose no-speech probability is above this gets an empty transcript (Whisper's
+    default 0.6); None never skips. Only models with the signal (the Whisper family) use it."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.remasking not in REMASKINGS:
+            raise ValueError(f"--remasking must be one of {', '.join(REMASKINGS)}, got {self.remasking!r}")
+        for name in ("steps", "num_blocks", "num_beams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.length is not None and self.length < 1:
+            raise ValueError(f"--length must be >= 1, got {self.length}")
+        for name in ("threshold", "exit_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+        if self.window_seconds is not None and self.window_seconds <= 0:
+            raise ValueError(f"--window-seconds must be > 0, got {self.window_seconds}")
+        if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
+            raise ValueError(f"--no-speech-threshold must be in [0, 1], got {self.no_speech_threshold}")
+        if self.temperature < 0 or self.margin < 0 or self.tokens_per_second <= 0:
+            raise ValueError("--temperature and --margin must be >= 0 and --tokens-per-second > 0, got "
+                             f"{self.temperature}, {self.margin}, {self.tokens_per_second}")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """{field name: the docstring under it} of a dataclass, read from its source (the help text of
+    each command-line flag, written once beside the field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

@@ -1,0 +1,74 @@
+"""Transcript files as the Whisper CLI writes them: txt, json, srt, vtt and tsv.
+
+Subtitle cues are the transcript's segments (the windows a long clip was cut into at pauses,
+`Transcript.segments`), or one cue over the whole clip when it was decoded in one piece. srt and
+vtt are composed with the `srt` and `webvtt-py` libraries. A file that already exists is never
+overwritten unless asked (`overwrite`): it may be the user's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+
+from .options import TranscribeOptions
+from .transcribe import FileResult, Segment
+
+FORMATS = ("txt", "json", "srt", "vtt", "tsv")
+
+
+def segments_of(result: FileResult) -> list[Segment]:
+    """The cues of a transcribed file: its windows, or one segment over the whole clip."""
+    transcript = result.transcript
+    if transcript.segments:
+        return [s for s in transcript.segments if s.text]
+    return [Segment(0.0, result.duration, transcript.text)] if transcript.text else []
+
+
+def vtt_time(seconds: float) -> str:
+    """'HH:MM:SS.mmm' (WebVTT cue time)."""
+    millis = round(seconds * 1000)
+    return f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:{millis // 1000 % 60:02d}.{millis % 1000:03d}"
+
+
+def render(result: FileResult, fmt: str, options: TranscribeOptions) -> str:
+    """The text of `result` in format `fmt` (one of FORMATS)."""
+    import srt
+    import webvtt
+
+    transcript, cues = result.transcript, segments_of(result)
+    if fmt == "txt":
+        return transcript.text + "\n"
+    if fmt == "json":
+        return json.dumps({"audio": result.path, "text": transcript.text, "duration": result.duration,
+                           "segments": [asdict(s) for s in cues], "tokens": transcript.tokens,
+                           "nfe": transcript.nfe, "steps": transcript.steps,
+                           "no_speech_prob": transcript.no_speech_prob, "truncated": transcript.truncated,
+                           "decode_seconds": result.seconds, "options": asdict(options)}, indent=2) + "\n"
+    if fmt == "srt":
+        return srt.compose([srt.Subtitle(i + 1, timedelta(seconds=c.start), timedelta(seconds=c.end), c.text)
+                            for i, c in enumerate(cues)])
+    if fmt == "vtt":
+        return webvtt.WebVTT(captions=[webvtt.Caption(vtt_time(c.start), vtt_time(c.end), c.text)
+                                       for c in cues]).content
+    if fmt == "tsv":  # the Whisper CLI's columns: integer milliseconds
+        rows = [f"{round(1000 * c.start)}\t{round(1000 * c.end)}\t{c.text}" for c in cues]
+        return "start\tend\ttext\n" + "".join(row + "\n" for row in rows)
+    raise ValueError(f"--output-format must be one of {', '.join(FORMATS)} or all, got {fmt!r}")
+
+
+def write_outputs(result: FileResult, out_dir: str | Path, formats: list[str], options: TranscribeOptions,
+                  overwrite: bool = False) -> list[Path]:
+    """Write `result` as OUT_DIR/<audio stem>.<fmt> for each format; returns the paths written.
+    An existing file is refused (ValueError naming it) unless `overwrite`, before any is written."""
+    out = Path(out_dir)
+    targets = [out / f"{Path(result.path).stem}.{fmt}" for fmt in formats]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+    out.mkdir(parents=True, exist_ok=True)
+    for target, fmt in zip(targets, formats):
+        target.write_text(render(result, fmt, options), encoding="utf-8")
+    return targets
