@@ -33,16 +33,18 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="clips decoded together")
     helps = field_help(TranscribeOptions)
     for f in fields(TranscribeOptions):
-        flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name, "")
+        # SUPPRESS: a flag not given leaves the model's own setting (ModelConfig.decoding), else the default
+        flag, settings = "--" + f.name.replace("_", "-"), {"default": argparse.SUPPRESS}
+        settings["help"] = f"{helps.get(f.name, '')} (default: the model's own, else {f.default})"
         if f.name == "strategy":
-            parser.add_argument(flag, default=f.default, choices=STRATEGIES, help=text)
+            parser.add_argument(flag, choices=STRATEGIES, **settings)
         elif f.name == "remasking":
-            parser.add_argument(flag, default=f.default, choices=REMASKINGS, help=text)
+            parser.add_argument(flag, choices=REMASKINGS, **settings)
         elif isinstance(f.default, bool):
-            parser.add_argument(flag, default=f.default, action=argparse.BooleanOptionalAction, help=text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **settings)
         else:
             kind = {"length": int, "seed": int, "window_seconds": float}.get(f.name, type(f.default) if f.default is not None else str)
-            parser.add_argument(flag, type=kind, default=f.default, help=text)
+            parser.add_argument(flag, type=kind, **settings)
 
 
 OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # dllm_asr.outputs.FORMATS, named here without importing torch
@@ -52,8 +54,11 @@ def output_formats(choice: str) -> list[str]:
     return list(OUTPUT_FORMATS) if choice == "all" else [choice]
 
 
-def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
-    return TranscribeOptions(**{f.name: getattr(args, f.name) for f in fields(TranscribeOptions)})
+def transcribe_options(args: argparse.Namespace, model=None) -> TranscribeOptions:
+    """The decoding flags given on the command line over the model's own settings (none before
+    the model is loaded: that call only validates the flags)."""
+    given = {f.name: getattr(args, f.name) for f in fields(TranscribeOptions) if hasattr(args, f.name)}
+    return TranscribeOptions(**{**(model.config.decoding if model is not None else {}), **given})
 
 
 def open_model(args: argparse.Namespace):
@@ -69,9 +74,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .audio import expand_audio_paths
     from .outputs import write_outputs
 
-    options = transcribe_options(args)
+    transcribe_options(args)  # bad flags fail here, before the model loads
     files = expand_audio_paths(args.files)
     model = open_model(args)
+    options = transcribe_options(args, model)
     failures = 0
     for result in transcribe_files(model, files, options, batch_size=args.batch_size):
         if result.error:
@@ -108,9 +114,10 @@ def cmd_deliberate(args: argparse.Namespace) -> int:
     missing = [k for k in keys if k not in priors]
     if missing:
         raise ValueError(f"{args.prior}: no prior for {', '.join(missing[:5])} (ids are the audio file stems)")
+    transcribe_options(args)  # bad flags fail before the model loads
     model = open_model(args)
     deliberation = {"mask": args.mask, "ratio": args.ratio, "chunks": args.chunks, "use_audio": not args.text_only}
-    results = transcribe_files(model, args.files, transcribe_options(args), batch_size=args.batch_size,
+    results = transcribe_files(model, args.files, transcribe_options(args, model), batch_size=args.batch_size,
                                priors=[priors[k] for k in keys], deliberation=deliberation)
     for key, result in zip(keys, results):
         if result.error:
@@ -133,12 +140,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import data_audio_gain, evaluate_model
 
+    transcribe_options(args)  # bad flags fail before the model loads
     model = open_model(args)
     deliberation = None
     if args.deliberate:
         deliberation = {"mask": args.deliberate, "ratio": args.ratio, "chunks": args.chunks,
                         "use_audio": not args.text_only}
-    report = evaluate_model(model, args.data, transcribe_options(args), max_utterances=args.max_utterances,
+    report = evaluate_model(model, args.data, transcribe_options(args, model), max_utterances=args.max_utterances,
                             batch_size=args.batch_size, deliberation=deliberation)
     report.write(args.out)
     print(report.summary())

@@ -105,10 +105,24 @@ class ModelConfig:
     objective: str = "diffusion"
     """"diffusion" (masked-diffusion decoder) or "ar" (the same LM used causally: the
     Whisper-LLaMA-style autoregressive baseline)."""
+    decoding: dict[str, Any] = field(default_factory=dict)
+    """TranscribeOptions fields this model decodes best with (the shipped model's: its best
+    strategy in the bench); `dllm-asr transcribe`/`eval` use them where no flag is given, and
+    `dllm_asr.transcribe.model_options` gives them to Python callers."""
     window_seconds: float = 30.0
     """Longest audio decoded in one piece; longer clips are cut at pauses into windows of at most
     this long (`dllm_asr.segment`). Whisper's 30 s by default; a model trained on short clips
     sets what it was trained on."""
+
+    def __post_init__(self) -> None:
+        from .options import TranscribeOptions
+
+        unknown = sorted(set(self.decoding) - {f.name for f in dataclasses.fields(TranscribeOptions)})
+        if unknown:
+            raise ValueError(f"unknown model.decoding option(s): {', '.join(unknown)}")
+        TranscribeOptions(**self.decoding)  # impossible values fail here, with the option's name
+        if self.window_seconds <= 0:
+            raise ValueError(f"model.window_seconds must be > 0, got {self.window_seconds}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,7 +134,7 @@ class ModelConfig:
             adapter=_build(AdapterConfig, data.get("adapter", {})),
             decoder=_build(DecoderConfig, data.get("decoder", {})),
             lora=_build(LoraSettings, data.get("lora", {})),
-            **{k: v for k, v in data.items() if k in ("prompt", "max_response_tokens", "objective", "window_seconds")},
+            **{k: v for k, v in data.items() if k in ("prompt", "max_response_tokens", "objective", "window_seconds", "decoding")},
         )
 
     def save(self, path: str | Path) -> None:

@@ -142,6 +142,12 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
             for clip in range(len(audios))]
 
 
+def model_options(model: SpeechLLM, **changes) -> TranscribeOptions:
+    """TranscribeOptions with the model's own recommended settings (`ModelConfig.decoding`), then
+    `changes` on top: `transcribe_batch(model, audios, model_options(model, steps=8))`."""
+    return TranscribeOptions(**{**model.config.decoding, **changes})
+
+
 def join_windows(windows: list[tuple[int, int, Transcript]]) -> Transcript:
     """One clip's transcript from its windows' [(start sample, end sample, transcript)], in order."""
     if len(windows) == 1:

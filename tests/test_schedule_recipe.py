@@ -90,6 +90,9 @@ def test_train_state_round_trip_without_pickle(tmp_path):
     ("grad_accum=0", "grad_accum must be >= 1"),
     ("save_every=0", "save_every must be >= 1"),
     ("data.on_error=ignore", "data.on_error must be skip or stop"),
+    ("model.decoding.stepz=3", r"unknown model.decoding option\(s\): stepz"),
+    ("model.decoding.threshold=2", r"--threshold must be in \(0, 1\]"),
+    ("model.window_seconds=0", "model.window_seconds must be > 0"),
 ])
 def test_every_shipped_recipe_loads_and_bad_values_are_named_at_load(override, message):
     from dllm_asr.cli import shipped_recipes
