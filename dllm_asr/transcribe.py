@@ -21,8 +21,9 @@ from .audio import AudioError, SAMPLE_RATE, load_audio
 from .decoding import DecodeOptions, decode, deliberate_semi_ar, mask_low_confidence, mask_random, pack_priors
 from .encoders import ctc_greedy_decode
 from .model import AudioContext, SpeechLLM
-from .options import MASKINGS, STRATEGIES, TranscribeOptions
+from .options import MASKINGS, TranscribeOptions
 from .segment import split_at_pauses
+
 
 @dataclass
 class Transcript:

@@ -17,6 +17,7 @@ Whisper's learned positions start at 0 for every row.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -243,7 +244,7 @@ class WhisperDiffusionASR(SpeechModel):
                                    cross, past)
             nfe += 1
         rows = [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in out.tolist()]
-        return ARSamples(rows, logprob.tolist(), no_speech.tolist(), self.tokenizer.decode, nfe)
+        return ARSamples.scored(rows, logprob.tolist(), no_speech.tolist(), self.tokenizer.decode, nfe)
 
 
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -264,14 +265,23 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+@dataclass
 class ARSamples:
     """The transcripts of one AR pass (one token list per row) with what the fallback reads:
-    summed token log-probability, no-speech probability, compression ratio."""
+    summed token log-probability, no-speech probability and compression ratio per row."""
 
-    def __init__(self, tokens: list[list[int]], logprobs: list[float], no_speech: list[float],
-                 decode: Callable[[list[int]], str], nfe: int):
-        self.tokens, self.logprobs, self.no_speech, self.nfe = tokens, logprobs, no_speech, nfe
-        self.ratios = [compression_ratio(decode(row)) for row in tokens]
+    tokens: list[list[int]]
+    logprobs: list[float]
+    no_speech: list[float]
+    ratios: list[float]
+    nfe: int
+    ROW_FIELDS = ("tokens", "logprobs", "no_speech", "ratios")
+
+    @classmethod
+    def scored(cls, tokens: list[list[int]], logprobs: list[float], no_speech: list[float],
+               decode: Callable[[list[int]], str], nfe: int) -> "ARSamples":
+        """A pass's rows, with the compression ratio of each decoded transcript."""
+        return cls(tokens, logprobs, no_speech, [compression_ratio(decode(row)) for row in tokens], nfe)
 
     def avg_logprob(self, i: int) -> float:
         return self.logprobs[i] / (len(self.tokens[i]) + 1)  # + 1: the EOS token
@@ -283,25 +293,20 @@ class ARSamples:
 
     def best_of(self, group: int) -> "ARSamples":
         """Per group of `group` consecutive rows, the one with the highest log-probability per token."""
-        keep = []
-        for first in range(0, len(self.tokens), group):
-            rows = range(first, first + group)
-            keep.append(max(rows, key=lambda i: self.logprobs[i] / max(len(self.tokens[i]), 1)))
-        picked = ARSamples.__new__(ARSamples)
-        picked.nfe = self.nfe
-        for name in ("tokens", "logprobs", "no_speech", "ratios"):
-            setattr(picked, name, [getattr(self, name)[i] for i in keep])
-        return picked
+        keep = [max(range(first, first + group), key=lambda i: self.logprobs[i] / max(len(self.tokens[i]), 1))
+                for first in range(0, len(self.tokens), group)]
+        return ARSamples(**{name: [getattr(self, name)[i] for i in keep] for name in self.ROW_FIELDS}, nfe=self.nfe)
 
     def keep_better(self, rows: list[int], tried: "ARSamples") -> None:
         """Row rows[j] takes tried's j-th transcript if it passes, or if neither passes and it is
         under the compression limit where the current one is not, or likelier."""
         for j, i in enumerate(rows):
-            if not tried.needs_fallback(j) or self._worse(i, tried, j):
-                for name in ("tokens", "logprobs", "no_speech", "ratios"):
+            if not tried.needs_fallback(j) or self._is_better(tried, j, i):
+                for name in self.ROW_FIELDS:
                     getattr(self, name)[i] = getattr(tried, name)[j]
 
-    def _worse(self, i: int, other: "ARSamples", j: int) -> bool:
+    def _is_better(self, other: "ARSamples", j: int, i: int) -> bool:
+        """Whether other's row j beats this row i, neither passing: under the compression limit first, then likelier."""
         mine_ok = self.ratios[i] <= COMPRESSION_RATIO_LIMIT
         other_ok = other.ratios[j] <= COMPRESSION_RATIO_LIMIT
         if mine_ok != other_ok:

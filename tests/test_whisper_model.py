@@ -182,7 +182,7 @@ def test_compression_ratio_flags_loops(text, low, high):
 def _samples(texts, logprobs, no_speech, lengths):
     tokens = [[7] * n for n in lengths]
     lookup = {id(row): text for row, text in zip(tokens, texts)}
-    return ARSamples(tokens, logprobs, no_speech, lambda row: lookup[id(row)], nfe=3)
+    return ARSamples.scored(tokens, logprobs, no_speech, lambda row: lookup[id(row)], nfe=3)
 
 
 def test_fallback_rule_is_whispers():
