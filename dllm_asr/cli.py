@@ -31,6 +31,7 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--batch-size", type=int, default=8, help="clips decoded together")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     helps = field_help(TranscribeOptions)
     for f in fields(TranscribeOptions):
         # SUPPRESS: a flag not given leaves the model's own setting (ModelConfig.decoding), else the default
@@ -62,23 +63,32 @@ def transcribe_options(args: argparse.Namespace, model=None) -> TranscribeOption
 
 
 def open_model(args: argparse.Namespace):
+    import torch
+
     from .distributed import pick_device
     from .loading import load_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return load_model(args.model, device=pick_device(args.device), dtype=args.dtype)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from .transcribe import transcribe_files
-
     from .audio import expand_audio_paths
     from .outputs import write_outputs
+    from .transcribe import transcribe_files
 
     transcribe_options(args)  # bad flags fail here, before the model loads
     files = expand_audio_paths(args.files)
+    missing = [f for f in files if not Path(f).is_file()]
+    for path in missing:  # reported now, not after tens of seconds of model loading
+        print(f"error: audio file not found: {path}", file=sys.stderr)
+    files = [f for f in files if Path(f).is_file()]
+    if not files:
+        return 1
     model = open_model(args)
     options = transcribe_options(args, model)
-    failures = 0
+    failures = len(missing)
     for result in transcribe_files(model, files, options, batch_size=args.batch_size):
         if result.error:
             failures += 1

@@ -14,7 +14,10 @@ T = TypeVar("T")
 
 def progress(items: Iterable[T], total: int, desc: str, unit: str = "it", lines: int = 10) -> Iterator[T]:
     """Yield `items` while reporting progress on stderr: a bar when stderr is a terminal, else
-    about `lines` lines such as 'eval: 40/200 batch (20%), 12 s'."""
+    about `lines` lines such as 'eval: 40/200 batch (20%), 12 s'. A loop of one item reports nothing."""
+    if total <= 1:
+        yield from items
+        return
     if sys.stderr.isatty():
         yield from tqdm(items, total=total, desc=desc, unit=unit)
         return

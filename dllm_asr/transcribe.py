@@ -22,6 +22,7 @@ from .decoding import DecodeOptions, decode, deliberate_semi_ar, mask_low_confid
 from .encoders import ctc_greedy_decode
 from .model import AudioContext, SpeechLLM
 from .options import MASKINGS, TranscribeOptions
+from .progress import progress
 from .segment import split_at_pauses
 
 
@@ -279,7 +280,8 @@ def transcribe_files(model: SpeechLLM, paths: Sequence[str | Path], options: Tra
     file's prior transcript `priors[i]` is deliberated instead of decoding from scratch.
     """
     results: list[FileResult] = []
-    for start in range(0, len(paths), batch_size):
+    starts = range(0, len(paths), batch_size)
+    for start in progress(starts, len(starts), "transcribe", f"batch of {batch_size}"):
         loaded, errors = [], {}
         for index in range(start, min(start + batch_size, len(paths))):
             try:

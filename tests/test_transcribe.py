@@ -200,3 +200,10 @@ def test_a_long_clip_is_cut_at_pauses_and_its_windows_joined(tiny_model, real_cl
     assert whole.nfe == sum(p.nfe for p in pieces) and whole.tokens == [t for p in pieces for t in p.tokens]
     # the window is the model's own unless the options name one
     assert transcribe_batch(tiny_model, [long_clip], TranscribeOptions(steps=2, length=4))[0].segments is None
+
+
+def test_missing_files_are_reported_before_the_model_loads(tmp_path, capsys):
+    # the model path does not exist either: had it been loaded first, that would be the error
+    assert main(["transcribe", "--model", str(tmp_path / "not-loaded"), str(tmp_path / "gone.wav")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: audio file not found: {tmp_path / 'gone.wav'}\n"
