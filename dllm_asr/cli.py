@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_MODEL
-from .options import MASKINGS, REMASKINGS, STRATEGIES, TranscribeOptions, field_help
+from .options import MASKINGS, OUTPUT_FORMATS, REMASKINGS, STRATEGIES, TranscribeOptions, field_help
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +46,6 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         else:
             kind = {"length": int, "seed": int, "window_seconds": float}.get(f.name, type(f.default) if f.default is not None else str)
             parser.add_argument(flag, type=kind, **settings)
-
-
-OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # dllm_asr.outputs.FORMATS, named here without importing torch
 
 
 def output_formats(choice: str) -> list[str]:
@@ -83,7 +80,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     missing = [f for f in files if not Path(f).is_file()]
     for path in missing:  # reported now, not after tens of seconds of model loading
         print(f"error: audio file not found: {path}", file=sys.stderr)
-    files = [f for f in files if Path(f).is_file()]
+    absent = set(missing)
+    files = [f for f in files if f not in absent]
     if not files:
         return 1
     model = open_model(args)

@@ -19,9 +19,9 @@ import torch
 from .audio import SAMPLE_RATE
 from .data import AudioDataset, Utterance, load_dataset
 from .metrics import ScoreReport, Timer, rtf, score
-from .progress import progress
 from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
 from .model import AudioContext, SpeechLLM, encode_transcripts, transcript_and_eos
+from .progress import progress
 from .transcribe import TranscribeOptions, Transcript, deliberate_batch, transcribe_batch
 
 

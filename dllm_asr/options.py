@@ -13,6 +13,8 @@ from dataclasses import dataclass
 STRATEGIES = ("diffusion", "semi-ar", "threshold", "prior", "ar")
 MASKINGS = ("random", "low-confidence", "semi-ar")
 REMASKINGS = ("low_confidence", "random")
+OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "tsv")
+"""The transcript file formats `dllm_asr.outputs` writes (`--output-format`)."""
 
 
 @dataclass(frozen=True)

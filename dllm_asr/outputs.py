@@ -13,10 +13,9 @@ from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
+from .options import OUTPUT_FORMATS as FORMATS
 from .options import TranscribeOptions
 from .transcribe import FileResult, Segment
-
-FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 
 
 def segments_of(result: FileResult) -> list[Segment]:

@@ -82,7 +82,7 @@ def build_asterisk_manifest(out_path: str | os.PathLike, sounds_dir: str | os.Pa
         raise ValueError(f"no transcript list at {transcripts}: apt-get install asterisk-core-sounds-en")
     if out_path.exists() and not overwrite:
         raise ValueError(f"{out_path} exists (pass overwrite=True / --overwrite to replace it)")
-    rows, skipped, too_long, missing, unreadable = [], 0, 0, [], []
+    rows, skipped, too_long, missing, unreadable = [], 0, 0, 0, 0
     for name, text in sorted(read_transcripts(transcripts).items()):
         spoken = spoken_text(name, text)
         if spoken is None:
@@ -90,12 +90,12 @@ def build_asterisk_manifest(out_path: str | os.PathLike, sounds_dir: str | os.Pa
             continue
         audio_path = _audio_file(sounds_dir, name)
         if audio_path is None:
-            missing.append(name)
+            missing += 1
             continue
         try:
             duration = len(load_audio(audio_path)) / SAMPLE_RATE
         except AudioError:
-            unreadable.append(name)
+            unreadable += 1
             continue
         if max_seconds is not None and duration > max_seconds:
             too_long += 1
@@ -110,4 +110,4 @@ def build_asterisk_manifest(out_path: str | os.PathLike, sounds_dir: str | os.Pa
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return {"utterances": len(rows), "minutes": round(sum(r["duration"] for r in rows) / 60, 2),
-            "skipped_text": skipped, "too_long": too_long, "missing_audio": len(missing), "unreadable": len(unreadable)}
+            "skipped_text": skipped, "too_long": too_long, "missing_audio": missing, "unreadable": unreadable}

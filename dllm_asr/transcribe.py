@@ -140,8 +140,10 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
     for first in range(0, len(pieces), len(audios)):
         batch = pieces[first: first + len(audios)]
         decoded += _transcribe_windows(model, [audios[i][start:end] for i, start, end in batch], options)
-    return [join_windows([(s, e, t) for (i, s, e), t in zip(pieces, decoded) if i == clip])
-            for clip in range(len(audios))]
+    per_clip: list[list[tuple[int, int, Transcript]]] = [[] for _ in audios]
+    for (i, start, end), transcript in zip(pieces, decoded):
+        per_clip[i].append((start, end, transcript))
+    return [join_windows(clip) for clip in per_clip]
 
 
 def model_options(model: SpeechLLM, **changes) -> TranscribeOptions:

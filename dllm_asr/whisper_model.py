@@ -175,7 +175,12 @@ class WhisperDiffusionASR(SpeechModel):
         cross = self._cross(audio, decoder)
         start = self.prompt_ids[None, :1].expand(audio.embeds.shape[0], -1)
         hidden, _ = decoder(start, torch.zeros_like(start), causal_mask(1, 0, self.device), cross)
-        logits = hidden[:, 0] @ decoder.embed_tokens.weight.T.to(hidden.dtype)
+        return self._no_speech_after_start(hidden[:, 0])
+
+    def _no_speech_after_start(self, hidden: Tensor) -> Tensor:
+        """P(<|nospeech|>) from the pretrained decoder's hidden state (B, D) at
+        <|startoftranscript|>, (B,): the full vocabulary's softmax, as Whisper computes it."""
+        logits = hidden @ self.base_decoder.embed_tokens.weight.T.to(hidden.dtype)
         return logits.float().softmax(-1)[:, self.tokenizer.no_speech]
 
     # ---------------------------------------------------------------- autoregressive
@@ -218,8 +223,7 @@ class WhisperDiffusionASR(SpeechModel):
         ids = self.prompt_ids[None].expand(batch, -1)
         positions = torch.arange(ids.shape[1], device=self.device)[None].expand(batch, -1)
         hidden, past = decoder(ids, positions, causal_mask(ids.shape[1], 0, self.device), cross)
-        start_logits = hidden[:, 0] @ decoder.embed_tokens.weight.T.to(hidden.dtype)
-        no_speech = start_logits.float().softmax(-1)[:, self.tokenizer.no_speech]
+        no_speech = self._no_speech_after_start(hidden[:, 0])
         out = torch.full((batch, 0), self.eos_id, dtype=torch.long, device=self.device)
         logprob = torch.zeros(batch, device=self.device)
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
