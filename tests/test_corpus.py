@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import wave
@@ -271,6 +272,9 @@ def test_espeak_batch_is_cut_into_one_piece_per_sentence(monkeypatch: pytest.Mon
     utterances = tuple(corpus.Utterance(f"train-{i:06d}", s, None, None, 0) for i, s in enumerate(sentences))
     calls = []
     real_run = corpus.subprocess.run
+    # The --help probe for -D runs once per binary and is cached: run it before counting, or the
+    # count depends on whether an earlier test (in a random order) already did.
+    corpus._espeak_deterministic_options(os.environ.get("DLLM_ASR_ESPEAK_NG", "espeak-ng"))
     monkeypatch.setattr(corpus.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
     for voice in ("en-us+m3", "en-gb+f2"):  # f2 breathes: its silences are not exact zeros
         calls.clear()
