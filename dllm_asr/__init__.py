@@ -1,16 +1,18 @@
 """dllm-asr: speech recognition with masked-diffusion LLM decoders (Whisper-LLaDA, dLLM-ASR).
 
     import dllm_asr
+    result = dllm_asr.transcribe("talk.mp3")            # the default model, loaded once
+    print(result.text, result.segments[0].start)
     model = dllm_asr.load_model("path/to/checkpoint", device="cpu")
-    audio = dllm_asr.load_audio("clip.wav")
-    print(dllm_asr.transcribe_batch(model, [audio])[0].text)
+    print(model.transcribe("talk.mp3", strategy="ar").text)
+    print(dllm_asr.transcribe_batch(model, [dllm_asr.load_audio("clip.wav")])[0].text)
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_model", "load_audio", "load_model", "transcribe_batch", "TranscribeOptions"]
+__all__ = ["__version__", "build_model", "load_audio", "load_model", "transcribe", "transcribe_batch", "TranscribeOptions"]
 
 
 def __getattr__(name: str):
@@ -23,8 +25,8 @@ def __getattr__(name: str):
         from .audio import load_audio
 
         return load_audio
-    if name in ("transcribe_batch", "TranscribeOptions"):
-        from . import transcribe
+    if name in ("transcribe", "transcribe_batch", "TranscribeOptions"):
+        from . import inference
 
-        return getattr(transcribe, name)
+        return getattr(inference, name)
     raise AttributeError(f"module 'dllm_asr' has no attribute {name!r}")

@@ -27,13 +27,15 @@ turns "FALL.PA.PA.PA..." back into "Followed by the pound key."), so the Whisper
 from __future__ import annotations
 
 import functools
+import glob
+import json
 import math
 import os
 import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile
@@ -58,21 +60,56 @@ AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | {".mp3", ".m4a", ".aac", ".opus", ".wm
 """What `expand_audio_paths` takes from a directory (any format ffmpeg decodes can be named directly)."""
 
 
+STDIN = "-"
+"""The path that means: read the audio from standard input (any format ffmpeg reads)."""
+
+
 def expand_audio_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Each directory in `paths` replaced by the audio files in it and its subfolders (by
-    extension, sorted); files are kept as given. A directory without audio files is an error
-    naming it."""
-    expanded = []
+    """The audio files that `paths` name, in order: a file as given; a directory replaced by the
+    audio files in it and its subfolders (by extension, sorted); a glob pattern (`*`, `?`, `[`,
+    `**` for any depth) that is not itself a file by its matches, sorted; a `.jsonl` manifest by
+    the `audio` of each line (relative paths from the manifest's folder); `-` (standard input)
+    kept. A directory, pattern or manifest that names no audio file is an error naming it."""
+    expanded: list[str] = []
     for path in map(Path, paths):
-        if not path.is_dir():
+        if str(path) == STDIN:
+            expanded.append(STDIN)
+        elif path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                raise ValueError(f"{path} is a directory with no audio files in it "
+                                 f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
+            expanded += found
+        elif not path.exists() and any(c in str(path) for c in "*?["):
+            found = sorted(f for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            if not found:
+                raise ValueError(f"{path}: no file matches this pattern")
+            expanded += found
+        elif path.suffix == ".jsonl" and path.is_file():
+            expanded += manifest_audio(path)
+        else:
             expanded.append(str(path))
-            continue
-        found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-        if not found:
-            raise ValueError(f"{path} is a directory with no audio files in it "
-                             f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
-        expanded += found
     return expanded
+
+
+def manifest_audio(path: Path) -> list[str]:
+    """The `audio` of each line of a JSONL manifest, relative paths taken from its folder."""
+    audio = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            name = Path(str(record["audio"])).expanduser()
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{lineno}: not a JSON object with an \"audio\" path") from None
+        if "offset" in record:
+            raise ValueError(f"{path}:{lineno}: a manifest of segments of longer files (\"offset\") is for "
+                             "`dllm-asr eval`, not `transcribe`")
+        audio.append(str(name if name.is_absolute() else path.parent / name))
+    if not audio:
+        raise ValueError(f"{path}: a manifest with no audio in it")
+    return audio
 
 
 class AudioError(ValueError):
@@ -143,18 +180,86 @@ def _decode(path: Path, ffmpeg_rate: int) -> tuple[np.ndarray, int]:
     return _decode_with_ffmpeg(path, ffmpeg_rate), ffmpeg_rate
 
 
-def _decode_with_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
-    """Let ffmpeg decode and convert to mono float32 at ``sample_rate`` (its own resampler)."""
+def _ffmpeg_command(path: Path, sample_rate: int) -> list[str]:
+    """ffmpeg decoding `path` to mono float32 at ``sample_rate`` (its own resampler) on stdout."""
     if shutil.which("ffmpeg") is None:
         raise AudioError(f"cannot decode {path}: it needs ffmpeg, which is not installed "
                          "(e.g. `apt-get install ffmpeg`)")
-    command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
-               "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
-    result = subprocess.run(command, capture_output=True, check=False)
+    source = ["-i", "pipe:0"] if str(path) == STDIN else ["-nostdin", "-i", str(path)]
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", *source,
+            "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
+
+
+def _ffmpeg_error(path: Path, stderr: bytes) -> AudioError:
+    reason = _last_line(stderr.decode(errors="replace")).replace(f"{path}: ", "")
+    name = "from standard input" if str(path) == STDIN else f"file {path}"
+    return AudioError(f"ffmpeg cannot decode audio {name}: {reason}", reason)
+
+
+def _decode_with_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
+    """Let ffmpeg decode and convert to mono float32 at ``sample_rate``."""
+    result = subprocess.run(_ffmpeg_command(path, sample_rate), capture_output=True, check=False)
     if result.returncode != 0:
-        reason = _last_line(result.stderr.decode(errors="replace")).replace(f"{path}: ", "")
-        raise AudioError(f"ffmpeg cannot decode audio file {path}: {reason}", reason)
+        raise _ffmpeg_error(path, result.stderr)
     return np.frombuffer(result.stdout, dtype=np.float32).copy()
+
+
+def read_blocks(path: str | os.PathLike, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
+    """Read an audio file as consecutive 16 kHz mono float32 blocks of `block_seconds` (the last
+    shorter), holding one block at a time: a 2-hour file never sits in memory whole.
+
+    A file of at most one block, or one soundfile reads at a rate ffmpeg is needed to convert,
+    when ffmpeg is missing, is read by `load_audio` and comes as one block. Longer files stream:
+    16 kHz files soundfile reads, block by block; everything else through an ffmpeg pipe.
+    `path` "-" reads standard input through ffmpeg. Raises AudioError as `load_audio` does (a
+    stream that fails midway raises after the blocks it gave).
+    """
+    block = max(1, int(block_seconds * SAMPLE_RATE))
+    if str(path) == STDIN:
+        yield from _stream_with_ffmpeg(STDIN, block)
+        return
+    path = Path(path)
+    info = _soundfile_info(path)
+    readable = path.is_file() and path.stat().st_size > 0
+    if info is None and (not readable or path.suffix.lower() in SOUNDFILE_EXTENSIONS):
+        yield load_audio(path)  # its error, or a header soundfile rejects and ffmpeg may rescue
+    elif info is None:
+        yield from _stream_with_ffmpeg(path, block)
+    elif info.frames * SAMPLE_RATE <= block * info.samplerate or (
+            info.samplerate != SAMPLE_RATE and shutil.which("ffmpeg") is None):
+        yield load_audio(path)
+    elif info.samplerate == SAMPLE_RATE:
+        for samples in soundfile.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+            yield samples.mean(axis=1)
+    else:
+        yield from _stream_with_ffmpeg(path, block)
+
+
+def _soundfile_info(path: Path):
+    """soundfile's header of a file it reads (frames, samplerate), else None."""
+    if path.suffix.lower() not in SOUNDFILE_EXTENSIONS or not path.is_file():
+        return None
+    try:
+        return soundfile.info(str(path))
+    except RuntimeError:
+        return None
+
+
+def _stream_with_ffmpeg(path: Path | str, block: int) -> Iterator[np.ndarray]:
+    """ffmpeg's output in blocks of `block` samples (`path` STDIN: it reads our standard input)."""
+    with subprocess.Popen(_ffmpeg_command(path, SAMPLE_RATE), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        count = 0
+        while True:
+            data = process.stdout.read(4 * block)
+            if not data:
+                break
+            count += len(data) // 4
+            yield np.frombuffer(data[: len(data) // 4 * 4], dtype=np.float32).copy()
+        stderr = process.stderr.read()
+        if process.wait() != 0:
+            raise _ffmpeg_error(path, stderr)
+    if count == 0:
+        raise AudioError(f"audio file contains no samples: {path}")
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import yaml
 
 from .data import Utterance, load_dataset
 from .evaluate import EvalReport, evaluate_utterances
-from .transcribe import TranscribeOptions
+from .inference import TranscribeOptions
 
 DEFAULT_GRID: list[dict[str, Any]] = [
     {"name": "diffusion, 1 step", "strategy": "diffusion", "steps": 1},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -70,14 +71,27 @@ def open_model(args: argparse.Namespace):
     return load_model(args.model, device=pick_device(args.device), dtype=args.dtype)
 
 
+def print_segment(path: str, segment) -> None:
+    """-v: each segment on stderr as it is decoded, Whisper-style."""
+    print(f"{path} [{clock(segment.start)} --> {clock(segment.end)}] {segment.text}", file=sys.stderr, flush=True)
+
+
+def clock(seconds: float) -> str:
+    """'MM:SS.mmm', or 'H:MM:SS.mmm' from an hour on."""
+    millis = round(seconds * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    text = f"{rest // 60_000:02d}:{rest // 1000 % 60:02d}.{rest % 1000:03d}"
+    return f"{hours}:{text}" if hours else text
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from .audio import expand_audio_paths
+    from .audio import STDIN, expand_audio_paths
     from .outputs import write_outputs
-    from .transcribe import transcribe_files
+    from .inference import transcribe_files
 
     transcribe_options(args)  # bad flags fail here, before the model loads
     files = expand_audio_paths(args.files)
-    missing = [f for f in files if not Path(f).is_file()]
+    missing = [f for f in files if f != STDIN and not Path(f).is_file()]
     for path in missing:  # reported now, not after tens of seconds of model loading
         print(f"error: audio file not found: {path}", file=sys.stderr)
     absent = set(missing)
@@ -87,7 +101,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     model = open_model(args)
     options = transcribe_options(args, model)
     failures = len(missing)
-    for result in transcribe_files(model, files, options, batch_size=args.batch_size):
+    show = print_segment if args.verbose else None
+    for result in transcribe_files(model, files, options, batch_size=args.batch_size, on_segment=show):
         if result.error:
             failures += 1
             print(f"error: {result.error}", file=sys.stderr)
@@ -115,7 +130,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def cmd_deliberate(args: argparse.Namespace) -> int:
     from .metrics import read_transcripts
-    from .transcribe import transcribe_files
+    from .inference import transcribe_files
 
     priors = read_transcripts(args.prior)
     keys = [Path(f).stem for f in args.files]
@@ -125,8 +140,8 @@ def cmd_deliberate(args: argparse.Namespace) -> int:
     transcribe_options(args)  # bad flags fail before the model loads
     model = open_model(args)
     deliberation = {"mask": args.mask, "ratio": args.ratio, "chunks": args.chunks, "use_audio": not args.text_only}
-    results = transcribe_files(model, args.files, transcribe_options(args, model), batch_size=args.batch_size,
-                               priors=[priors[k] for k in keys], deliberation=deliberation)
+    results = list(transcribe_files(model, args.files, transcribe_options(args, model), batch_size=args.batch_size,
+                                    priors=[priors[k] for k in keys], deliberation=deliberation))
     for key, result in zip(keys, results):
         if result.error:
             print(f"error: {result.error}", file=sys.stderr)
@@ -192,6 +207,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .distributed import pick_device
+    from .server import ServerLimits, serve
+
+    limits = ServerLimits(max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_audio_seconds=args.max_audio_seconds,
+                          max_batch=args.max_batch, max_wait_seconds=args.max_wait_ms / 1000,
+                          timeout_seconds=args.timeout, api_key=args.api_key or os.environ.get("DLLM_ASR_API_KEY"))
+    if limits.max_batch < 1 or limits.max_wait_seconds < 0 or limits.timeout_seconds <= 0:
+        raise ValueError("--max-batch must be >= 1, --max-wait-ms >= 0 and --timeout > 0")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    serve(args.model, args.host, args.port, limits, device=pick_device(args.device))
+    return 0
+
+
 def cmd_corpus(args: argparse.Namespace) -> int:
     from .corpus import main as corpus_main
 
@@ -212,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each transcript as a file in this format (all: every one), as the Whisper CLI does")
     p.add_argument("--output-dir", default=".", help="folder for the --output-format files")
     p.add_argument("--overwrite", action="store_true", help="replace --output-format files that already exist")
-    p.add_argument("files", nargs="+", help="audio files (any format ffmpeg reads), or directories of them")
+    p.add_argument("files", nargs="+", help="audio files (any format ffmpeg reads), directories of them (recursively), "
+                   "glob patterns ('talks/**/*.mp3'), JSONL manifests ({\"audio\": path} lines), or - for standard input")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("deliberate", help="deliberate prior transcripts (Whisper-LLaDA sec. 3.3.1)")
@@ -268,6 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16", help="dtype of the exported deltas")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("serve", help="HTTP server: OpenAI-compatible /v1/audio/transcriptions and a web page at /")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or shipped model name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $DLLM_ASR_API_KEY, else none)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most")
+    p.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to batch with (0: no batching)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload, MiB (413 above)")
+    p.add_argument("--max-audio-seconds", type=float, default=3600.0, help="longest audio accepted (400 above)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request gets 504")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("corpus", help="synthesise an English speech corpus", add_help=False)
     p.add_argument("corpus_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_corpus)
@@ -275,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "corpus":
             # -v after the command too; SUPPRESS keeps a -v given before it
             command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                 help="log what the library does (INFO level)")
+                                 help="log what the library does (INFO level); transcribe: print each segment as it is decoded")
             command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
 

@@ -108,7 +108,7 @@ class ModelConfig:
     decoding: dict[str, Any] = field(default_factory=dict)
     """TranscribeOptions fields this model decodes best with (the shipped model's: its best
     strategy in the bench); `dllm-asr transcribe`/`eval` use them where no flag is given, and
-    `dllm_asr.transcribe.model_options` gives them to Python callers."""
+    `dllm_asr.inference.model_options` gives them to Python callers."""
     window_seconds: float = 30.0
     """Longest audio decoded in one piece; longer clips are cut at pauses into windows of at most
     this long (`dllm_asr.segment`). Whisper's 30 s by default; a model trained on short clips

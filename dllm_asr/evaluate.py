@@ -22,7 +22,7 @@ from .metrics import ScoreReport, Timer, rtf, score
 from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
 from .model import AudioContext, SpeechLLM, encode_transcripts, transcript_and_eos
 from .progress import progress
-from .transcribe import TranscribeOptions, Transcript, deliberate_batch, transcribe_batch
+from .inference import TranscribeOptions, Transcript, deliberate_batch, transcribe_batch
 
 
 @dataclass

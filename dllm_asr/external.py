@@ -16,7 +16,7 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .data import AudioDataset, Utterance
 from .metrics import Timer, score
-from .transcribe import Transcript
+from .inference import Transcript
 
 
 @dataclass(frozen=True)

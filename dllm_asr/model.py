@@ -76,6 +76,14 @@ class SpeechModel(nn.Module):
         """Waveforms (16 kHz float32) -> AudioContext."""
         return self.encode(*self.features(audios))
 
+    def transcribe(self, audio, **options):
+        """Transcribe one recording (a path or a 16 kHz waveform) of any length, as Whisper's
+        `model.transcribe` does: `model.transcribe("talk.mp3", strategy="ar").text`. `options`:
+        `TranscribeOptions` fields and `batch_size`; see `dllm_asr.inference.transcribe_audio`."""
+        from .inference import transcribe_audio  # inference builds on this module
+
+        return transcribe_audio(self, audio, **options)
+
 
 class SpeechLLM(SpeechModel):
     """The full model of both papers. Build it with `dllm_asr.build_model` or `load_model`."""

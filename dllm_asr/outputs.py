@@ -1,8 +1,8 @@
 """Transcript files as the Whisper CLI writes them: txt, json, srt, vtt and tsv.
 
-Subtitle cues are the transcript's segments (the windows a long clip was cut into at pauses,
-`Transcript.segments`), or one cue over the whole clip when it was decoded in one piece. srt and
-vtt are composed with the `srt` and `webvtt-py` libraries. A file that already exists is never
+Subtitle cues are the transcript's segments (`Transcript.segments`: one per window a long clip
+was cut into at pauses, one for a short clip, timed where the window's sound begins and ends).
+The json file also holds each token's confidence. srt and vtt are composed with the `srt` and `webvtt-py` libraries. A file that already exists is never
 overwritten unless asked (`overwrite`): it may be the user's.
 """
 
@@ -13,15 +13,16 @@ from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
+from .audio import STDIN
 from .options import OUTPUT_FORMATS as FORMATS
 from .options import TranscribeOptions
-from .transcribe import FileResult, Segment
+from .inference import FileResult, Segment
 
 
 def segments_of(result: FileResult) -> list[Segment]:
     """The cues of a transcribed file: its windows, or one segment over the whole clip."""
     transcript = result.transcript
-    if transcript.segments:
+    if transcript.segments is not None:
         return [s for s in transcript.segments if s.text]
     return [Segment(0.0, result.duration, transcript.text)] if transcript.text else []
 
@@ -43,6 +44,7 @@ def render(result: FileResult, fmt: str, options: TranscribeOptions) -> str:
     if fmt == "json":
         return json.dumps({"audio": result.path, "text": transcript.text, "duration": result.duration,
                            "segments": [asdict(s) for s in cues], "tokens": transcript.tokens,
+                           "token_confidences": transcript.confidences,
                            "nfe": transcript.nfe, "steps": transcript.steps,
                            "no_speech_prob": transcript.no_speech_prob, "truncated": transcript.truncated,
                            "decode_seconds": result.seconds, "options": asdict(options)}, indent=2) + "\n"
@@ -60,10 +62,12 @@ def render(result: FileResult, fmt: str, options: TranscribeOptions) -> str:
 
 def write_outputs(result: FileResult, out_dir: str | Path, formats: list[str], options: TranscribeOptions,
                   overwrite: bool = False) -> list[Path]:
-    """Write `result` as OUT_DIR/<audio stem>.<fmt> for each format; returns the paths written.
+    """Write `result` as OUT_DIR/<audio stem>.<fmt> for each format (stem `stdin` for audio read
+    from standard input); returns the paths written.
     An existing file is refused (ValueError naming it) unless `overwrite`, before any is written."""
     out = Path(out_dir)
-    targets = [out / f"{Path(result.path).stem}.{fmt}" for fmt in formats]
+    stem = "stdin" if result.path == STDIN else Path(result.path).stem
+    targets = [out / f"{stem}.{fmt}" for fmt in formats]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise ValueError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")

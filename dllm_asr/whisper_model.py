@@ -212,7 +212,7 @@ class WhisperDiffusionASR(SpeechModel):
                 tried = self._sample_ar(cross.select(rows), limit, temperature, generator)
                 nfe += tried.nfe
                 best.keep_better(redo, tried.best_of(FALLBACK_BEST_OF))
-        return GeneratedTokens(best.tokens, nfe=nfe)
+        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs)
 
     def _sample_ar(self, cross: CrossCache, limit: int, temperature: float,
                    generator: torch.Generator | None = None) -> "ARSamples":
@@ -226,6 +226,7 @@ class WhisperDiffusionASR(SpeechModel):
         no_speech = self._no_speech_after_start(hidden[:, 0])
         out = torch.full((batch, 0), self.eos_id, dtype=torch.long, device=self.device)
         logprob = torch.zeros(batch, device=self.device)
+        token_probs = []  # per step (B,): the chosen token's probability under the greedy softmax
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         nfe = 1
         for step in range(limit):
@@ -238,7 +239,9 @@ class WhisperDiffusionASR(SpeechModel):
             else:
                 token = logits.argmax(-1)
             token = token.masked_fill(done, self.eos_id)
-            logprob += logits.log_softmax(-1).gather(1, token[:, None])[:, 0].masked_fill(done, 0.0)
+            token_logprob = logits.log_softmax(-1).gather(1, token[:, None])[:, 0]
+            token_probs.append(token_logprob.exp())
+            logprob += token_logprob.masked_fill(done, 0.0)
             out = torch.cat([out, token[:, None]], dim=1)
             done |= token == self.eos_id
             if bool(done.all()) or step == limit - 1:
@@ -248,7 +251,9 @@ class WhisperDiffusionASR(SpeechModel):
                                    cross, past)
             nfe += 1
         rows = [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in out.tolist()]
-        return ARSamples.scored(rows, logprob.tolist(), no_speech.tolist(), self.tokenizer.decode, nfe)
+        probs = torch.stack(token_probs, dim=1).tolist() if token_probs else [[] for _ in rows]
+        return ARSamples.scored(rows, logprob.tolist(), no_speech.tolist(), self.tokenizer.decode, nfe,
+                                [p[: len(row)] for p, row in zip(probs, rows)])
 
 
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -278,14 +283,16 @@ class ARSamples:
     logprobs: list[float]
     no_speech: list[float]
     ratios: list[float]
+    token_probs: list[list[float]]
+    """Per row, each token's probability when it was chosen."""
     nfe: int
-    ROW_FIELDS = ("tokens", "logprobs", "no_speech", "ratios")
+    ROW_FIELDS = ("tokens", "logprobs", "no_speech", "ratios", "token_probs")
 
     @classmethod
     def scored(cls, tokens: list[list[int]], logprobs: list[float], no_speech: list[float],
-               decode: Callable[[list[int]], str], nfe: int) -> "ARSamples":
+               decode: Callable[[list[int]], str], nfe: int, token_probs: list[list[float]]) -> "ARSamples":
         """A pass's rows, with the compression ratio of each decoded transcript."""
-        return cls(tokens, logprobs, no_speech, [compression_ratio(decode(row)) for row in tokens], nfe)
+        return cls(tokens, logprobs, no_speech, [compression_ratio(decode(row)) for row in tokens], token_probs, nfe)
 
     def avg_logprob(self, i: int) -> float:
         return self.logprobs[i] / (len(self.tokens[i]) + 1)  # + 1: the EOS token

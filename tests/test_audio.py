@@ -175,3 +175,52 @@ def test_bad_arguments_raise_value_error():
         log_mel_spectrogram(np.zeros(100, dtype=np.float32), pad_to_30s=False)
     with pytest.raises(ValueError, match="at least one"):
         log_mel_batch([])
+
+
+def test_inputs_may_be_globs_manifests_folders_and_stdin(tmp_path):
+    from dllm_asr.audio import STDIN, expand_audio_paths
+
+    (tmp_path / "talks" / "day1").mkdir(parents=True)
+    for name in ("talks/a.wav", "talks/day1/b.mp3", "talks/notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text('{"audio": "talks/a.wav", "text": "hi"}\n\n{"audio": "/abs/c.flac"}\n')
+    assert expand_audio_paths([str(tmp_path / "talks" / "**" / "*.mp3"), str(manifest), "-", str(tmp_path / "talks")]) == [
+        str(tmp_path / "talks/day1/b.mp3"), str(tmp_path / "talks/a.wav"), "/abs/c.flac", STDIN,
+        str(tmp_path / "talks/a.wav"), str(tmp_path / "talks/day1/b.mp3")]
+    with pytest.raises(ValueError, match=r"no file matches this pattern"):
+        expand_audio_paths([str(tmp_path / "*.ogg")])
+    (tmp_path / "bad.jsonl").write_text('{"text": "no audio"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not a JSON object with an \"audio\" path"):
+        expand_audio_paths([str(tmp_path / "bad.jsonl")])
+    (tmp_path / "segs.jsonl").write_text('{"audio": "a.wav", "offset": 3.0, "duration": 2.0}\n')
+    with pytest.raises(ValueError, match="dllm-asr eval"):
+        expand_audio_paths([str(tmp_path / "segs.jsonl")])
+
+
+@pytest.mark.parametrize("name", ["mono_22k.mp3", "stereo_44k.flac", "mono_48k.ogg", "mono_8k.m4a"])
+def test_a_file_read_in_blocks_is_the_file(name):
+    from dllm_asr.audio import read_blocks
+
+    whole = load_audio(DATA / name)
+    blocks = list(read_blocks(DATA / name, block_seconds=0.25))
+    assert max(len(b) for b in blocks) <= 4000 or len(blocks) == 1
+    joined = np.concatenate(blocks)
+    assert len(joined) == len(whole)
+    # ffmpeg's resampler streams what the polyphase resampler converts whole: the same signal
+    assert np.corrcoef(joined, whole)[0, 1] > 0.99
+
+
+def test_a_16k_wav_streams_exactly_and_a_bad_file_fails_as_load_audio_does(tmp_path):
+    from dllm_asr.audio import read_blocks
+
+    audio = np.sin(np.arange(16000 * 3) / 7).astype(np.float32) * 0.3
+    soundfile.write(tmp_path / "x.wav", audio, 16000, subtype="FLOAT")
+    blocks = list(read_blocks(tmp_path / "x.wav", block_seconds=1.0))
+    assert [len(b) for b in blocks] == [16000] * 3 and np.array_equal(np.concatenate(blocks), audio)
+    for bad in ("corrupt.wav", "empty.wav", "zero_length.wav"):
+        with pytest.raises(AudioError) as streamed:
+            list(read_blocks(DATA / bad, block_seconds=0.1))
+        with pytest.raises(AudioError) as whole:
+            load_audio(DATA / bad)
+        assert str(streamed.value) == str(whole.value)

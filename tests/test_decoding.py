@@ -290,6 +290,30 @@ def test_threshold_hand_worked():
     assert result.steps.tolist() == [3] and result.committed == [[2, 1, 1]]
 
 
+def test_confidence_is_the_probability_at_the_step_that_committed_the_token():
+    # The predictor changes its mind after the first pass: positions 0 and 2 commit at pass 1
+    # (0.95, 0.92), position 1 at pass 2 (0.6), position 3 at pass 3 (0.4), and the recorded
+    # confidence of each is the one it had when it committed, not at the last pass.
+    later = (torch.tensor([[1, 2, 3, 4]]), torch.tensor([[0.2, 0.6, 0.2, 0.4]], dtype=torch.float64))
+    predictor = TablePredictor(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[0.95, 0.5, 0.92, 0.3]], dtype=torch.float64),
+                               V, per_call={1: later})
+    result = decode(predictor, masks(1, 4), options(threshold=0.9))
+    assert result.sequences() == [[1, 2, 3, 4]]
+    assert result.confidences() == [pytest.approx([0.95, 0.6, 0.92, 0.4])]
+
+
+def test_confidence_under_random_remasking_is_still_the_token_probability():
+    predictor = table([[1, 2, 3]], [[0.7, 0.5, 0.3]])
+    result = decode(predictor, masks(1, 3), options(steps=3, remasking="random", seed=0))
+    assert result.confidences() == [pytest.approx([0.7, 0.5, 0.3])]
+
+
+def test_given_tokens_have_no_confidence():
+    init = torch.tensor([[1, MASK, 3]])
+    result = decode(table([[1, 2, 3]], [[0.9, 0.8, 0.7]]), init, options(steps=1))
+    assert result.confidences() == [[None, pytest.approx(0.8), None]]
+
+
 def test_commit_above_threshold_always_takes_the_best():
     scores = torch.tensor([[0.1, 0.3, float("-inf")], [0.95, 0.2, 0.91], [float("-inf")] * 3]).double()
     chosen = commit_above_threshold(scores, 0.9)

@@ -1,6 +1,7 @@
 """Prior-guided adaptive decoding (dLLM-ASR, PAPERS.md 3f): verify, correct, early exit, pruning."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dllm_asr.decoding import DecodeOptions, build_prior_block, decode, pack_priors
@@ -134,3 +135,12 @@ def test_batched_prior_decoding_equals_each_row_alone():
         alone = decode(lambda t, r, l, i=i: predictor(t, r + i, l), prior[i : i + 1, :n], opts)
         assert batched.sequences()[i] == alone.sequences()[0]
         assert batched.nfe[i] == alone.nfe[0]
+
+
+def test_prior_guided_confidence_is_the_probability_at_exit():
+    # Pass 1: position 0 exits confident (0.99); the rest stay live. Pass 2 (last allowed): all exit.
+    predictor = TablePredictor(torch.tensor([[1, 5, EOS]]), torch.tensor([[0.99, 0.6, 0.7]], dtype=torch.float64), V)
+    prior, lengths = pack_priors([[1, 2]], EOS)
+    result = decode(predictor, prior, options(steps=2, margin=1, exit_threshold=0.95), lengths)
+    assert result.sequences() == [[1, 5]]
+    assert result.confidences() == [pytest.approx([0.99, 0.6])]

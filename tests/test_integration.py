@@ -9,7 +9,7 @@ from dllm_asr.corpus import build_corpus
 from dllm_asr.evaluate import evaluate_model
 from dllm_asr.loading import build_model, load_model
 from dllm_asr.recipe import load_train_config, resolve_recipe
-from dllm_asr.transcribe import TranscribeOptions
+from dllm_asr.inference import TranscribeOptions
 
 SENTENCES = """The cat sat on the warm mat.
 A red bird sings in the tall tree.

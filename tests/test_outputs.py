@@ -10,14 +10,15 @@ from dllm_asr.cli import OUTPUT_FORMATS, main
 from dllm_asr.checkpoint import save_model
 from dllm_asr.options import TranscribeOptions
 from dllm_asr.outputs import FORMATS, render, vtt_time, write_outputs
-from dllm_asr.transcribe import FileResult, Segment, Transcript
+from dllm_asr.inference import FileResult, Segment, Transcript
 from tests.conftest import ASSETS
 
 
 def windowed() -> FileResult:
     segments = [Segment(0.0, 9.35, "Please press one to mute."), Segment(9.35, 14.0, ""),
-                Segment(14.0, 21.5, "Or eight to exit.")]
-    transcript = Transcript("Please press one to mute. Or eight to exit.", [1, 2, 3], nfe=7, steps=7, segments=segments)
+                Segment(14.0, 21.5, "Or eight to exit.", confidence=0.8)]
+    transcript = Transcript("Please press one to mute. Or eight to exit.", [1, 2, 3], nfe=7, steps=7, segments=segments,
+                            confidences=[0.9, None, 0.5])
     return FileResult("/audio/menu prompt.wav", transcript, 0.25, duration=21.5)
 
 
@@ -46,7 +47,8 @@ def test_txt_tsv_and_json():
     assert render(windowed(), "tsv", options).splitlines() == [
         "start\tend\ttext", "0\t9350\tPlease press one to mute.", "14000\t21500\tOr eight to exit."]
     data = json.loads(render(windowed(), "json", options))
-    assert data["segments"][1] == {"start": 14.0, "end": 21.5, "text": "Or eight to exit."}
+    assert data["segments"][1] == {"start": 14.0, "end": 21.5, "text": "Or eight to exit.", "confidence": 0.8}
+    assert data["token_confidences"] == [0.9, None, 0.5]
     assert data["nfe"] == 7 and data["options"]["steps"] == 8 and data["duration"] == 21.5
     assert vtt_time(3723.4567) == "01:02:03.457"
 

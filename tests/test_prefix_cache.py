@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dllm_asr.transcribe import TranscribeOptions, transcribe_batch
+from dllm_asr.inference import TranscribeOptions, transcribe_batch
 from tests.conftest import tiny_model_config
 
 

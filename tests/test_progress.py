@@ -1,6 +1,6 @@
 """Progress reporting: plain lines when stderr is not a terminal."""
 
-from dllm_asr.progress import progress
+from dllm_asr.progress import FileProgress, progress
 
 
 def test_plain_lines_when_not_a_terminal(capsys):
@@ -20,10 +20,20 @@ def test_fewer_items_than_lines_and_loops_too_short_to_report(capsys):
 
 def test_transcribing_many_batches_reports_progress(tiny_model, capsys):
     from dllm_asr.options import TranscribeOptions
-    from dllm_asr.transcribe import transcribe_files
+    from dllm_asr.inference import transcribe_files
     from tests.conftest import ASSETS
 
-    results = transcribe_files(tiny_model, [ASSETS / "example.wav"] * 3, TranscribeOptions(steps=2, length=4),
-                               batch_size=1)
-    assert len(results) == 3
-    assert capsys.readouterr().err.splitlines()[-1].startswith("transcribe: 3/3 batch of 1 (100%)")
+    results = list(transcribe_files(tiny_model, [ASSETS / "example.wav"] * 12, TranscribeOptions(steps=2, length=4),
+                                    batch_size=4))
+    assert len(results) == 12
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 6 and lines[0].startswith("transcribe: 2/12 files, 7.7 s of audio, ")
+    assert lines[-1].startswith("transcribe: 12/12 files, 46.0 s of audio, ") and " audio s/s, " in lines[-1]
+
+
+def test_file_progress_is_quiet_for_a_few_files(capsys):
+    bar = FileProgress(3)
+    for _ in range(3):
+        bar.update(1.0)
+    bar.close()
+    assert capsys.readouterr().err == ""

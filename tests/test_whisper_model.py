@@ -11,7 +11,7 @@ from dllm_asr.checkpoint import WEIGHTS_FILE, save_model
 from dllm_asr.config import DecoderConfig, EncoderConfig, LoraSettings, ModelConfig
 from dllm_asr.loading import build_model, load_model
 from dllm_asr.metrics import normalize as normalize_text
-from dllm_asr.transcribe import TranscribeOptions, deliberate_batch, transcribe_batch
+from dllm_asr.inference import TranscribeOptions, deliberate_batch, transcribe_batch
 from dllm_asr.whisper_model import ARSamples, compression_ratio
 from tests.conftest import ASSETS
 
@@ -182,7 +182,8 @@ def test_compression_ratio_flags_loops(text, low, high):
 def _samples(texts, logprobs, no_speech, lengths):
     tokens = [[7] * n for n in lengths]
     lookup = {id(row): text for row, text in zip(tokens, texts)}
-    return ARSamples.scored(tokens, logprobs, no_speech, lambda row: lookup[id(row)], nfe=3)
+    return ARSamples.scored(tokens, logprobs, no_speech, lambda row: lookup[id(row)], nfe=3,
+                            token_probs=[[0.5] * n for n in lengths])
 
 
 def test_fallback_rule_is_whispers():

@@ -14,11 +14,13 @@ from .base import DecoderLM, position_ids_from_mask
 class GeneratedTokens(list):
     """A list (one per row) of generated token-id lists, EOS and what follows it removed, with
     ``nfe``: the number of forward passes of the network the generation took (one per generated
-    position for the batch as a whole, the prefix pass included)."""
+    position for the batch as a whole, the prefix pass included), and ``confidences``: per row,
+    each token's probability when it was chosen (None where the decoder does not record them)."""
 
-    def __init__(self, rows: list[list[int]], nfe: int):
+    def __init__(self, rows: list[list[int]], nfe: int, confidences: list[list[float]] | None = None):
         super().__init__(rows)
         self.nfe = nfe
+        self.confidences = confidences
 
 
 def _cut_at_eos(rows: torch.Tensor, eos_token_id: int) -> list[list[int]]:

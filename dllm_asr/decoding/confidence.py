@@ -82,11 +82,12 @@ def probability_of(logits: Tensor, tokens: Tensor) -> Tensor:
 
 def predict_positions(predictor: MaskPredictor, block: Tensor, rows: Tensor, lengths: Tensor, wanted: Tensor, temperature: float,
                       remasking: str, generator: torch.Generator | None, mask_id: int | None,
-                      seed: int | None) -> tuple[Tensor, Tensor, torch.Generator]:
-    """One forward pass; the predicted token and commit score at the `wanted` positions.
+                      seed: int | None) -> tuple[Tensor, Tensor, Tensor, torch.Generator]:
+    """One forward pass; the predicted token, its commit score and its probability at the `wanted` positions.
 
     block (B', L') ids; wanted (B', L') bool. Returns predicted (B', L') (block's own ids where not
-    wanted), scores float64 (B', L') (-inf where not wanted) and the generator. Greedy
+    wanted), scores float64 (B', L') (-inf where not wanted), probabilities float64 (B', L')
+    (softmax of the predicted token: the scores themselves unless remasking is random) and the generator. Greedy
     low-confidence decoding asks the predictor for the wanted positions' logits only; sampling
     and random remasking draw noise over the whole block, as the reference does.
     """
@@ -100,7 +101,8 @@ def predict_positions(predictor: MaskPredictor, block: Tensor, rows: Tensor, len
         predicted[wanted] = chosen[0].to(block.device)
         scores = torch.full(block.shape, float("-inf"), dtype=torch.float64, device=block.device)
         scores[wanted] = chosen_scores[0].to(block.device)
-        return predicted, scores, generator
+        return predicted, scores, scores, generator
     predicted, scores = confidence_and_argmax(logits, temperature, remasking, generator, mask_id)
+    probs = scores if remasking == "low_confidence" else probability_of(logits, predicted)
     scores = scores.to(block.device).masked_fill(~wanted, float("-inf"))
-    return predicted.to(block.device), scores, generator
+    return predicted.to(block.device), scores, probs.to(block.device), generator

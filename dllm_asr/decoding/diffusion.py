@@ -52,8 +52,10 @@ def diffusion_step(
     windows: list[Window],
     options: DecodeOptions,
     generator: torch.Generator | None,
+    log: StepLog,
 ) -> tuple[list[int], torch.Generator]:
-    """One forward pass over `rows`; commits in place into `tokens` (B, L).
+    """One forward pass over `rows`; commits in place into `tokens` (B, L) and the committed
+    tokens' probabilities into `log`.
 
     Returns the number of positions each row committed (EOS fill included) and the generator.
     """
@@ -63,11 +65,12 @@ def diffusion_step(
     block = tokens[row_index, :width]
     masked = block == options.mask_id
     candidates = masked & window_mask(windows, width, tokens.device)
-    predicted, scores, generator = predict_positions(
+    predicted, scores, probs, generator = predict_positions(
         predictor, block, row_index, row_lengths, candidates, options.temperature, options.remasking,
         generator, options.mask_id, options.seed
     )
     chosen = choose_commits(scores, windows, options)
+    log.record_confidence(row_index, chosen, probs)
     updated = torch.where(chosen, predicted, block)
     if options.eos_early_stop:
         updated = apply_eos_stop(updated, row_lengths, options.eos_id)
@@ -88,7 +91,7 @@ def decode_diffusion(
     if options.eos_early_stop:
         tokens = apply_eos_stop(tokens, lengths, options.eos_id)
     schedules = [RowSchedule.for_row(int(n), options) for n in lengths.tolist()]
-    log = StepLog(tokens.shape[0], options.trace)
+    log = StepLog(tokens.shape[0], options.trace, width=tokens.shape[1])
     generator = None
     while True:
         windows = [s.next_window(tokens[i], options.mask_id) for i, s in enumerate(schedules)]
@@ -97,7 +100,7 @@ def decode_diffusion(
             break
         active_windows = [windows[i] for i in rows]
         committed, generator = diffusion_step(
-            predictor, tokens, lengths, rows, active_windows, options, generator  # type: ignore[arg-type]
+            predictor, tokens, lengths, rows, active_windows, options, generator, log  # type: ignore[arg-type]
         )
         for i in rows:
             schedules[i].advance()

@@ -94,7 +94,7 @@ def decode_prior_guided(
     tokens, lengths = build_prior_block(prior, prior_lengths, options)
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     exited = positions >= lengths[:, None]
-    log = StepLog(tokens.shape[0], options.trace)
+    log = StepLog(tokens.shape[0], options.trace, width=tokens.shape[1])
     generator = None
     for pass_index in range(options.steps):
         rows = (~exited).any(dim=1).nonzero().flatten()
@@ -103,13 +103,14 @@ def decode_prior_guided(
         row_lengths = lengths[rows]
         width = int(row_lengths.max())
         block, live = tokens[rows, :width], ~exited[rows, :width]
-        predicted, scores, generator = predict_positions(
+        predicted, scores, probs, generator = predict_positions(
             predictor, block, rows, row_lengths, live, options.temperature, "low_confidence",
             generator, options.mask_id, options.seed
         )
         leaving = select_exits(scores, live, options.exit_threshold, last_pass=pass_index == options.steps - 1)
         tokens[rows, :width] = torch.where(leaving, predicted, block)
         exited[rows, :width] |= leaving
+        log.record_confidence(rows, leaving, probs)
         if options.prune:
             lengths = prune_after_eos(tokens, exited, lengths, options.eos_id)
         log.record_step(rows.tolist(), leaving.sum(dim=1).tolist(), tokens)

@@ -1,6 +1,7 @@
 """The outcome of a decode, and the per-row accounting (NFE, steps, commits, trace)."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ class DecodeResult:
     committed: per row, the number of positions that left the mask / the loop at each step.
     wall_time: seconds spent in the decode call.
     trace: if requested, the block (B, L) after every step (a clone, on the CPU).
+    confidence: float64 (B, L) on the CPU, the probability the model gave each position's token
+        when it committed it (NaN: a token given in `init`, or padding); None if not recorded.
     """
 
     tokens: Tensor
@@ -32,10 +35,19 @@ class DecodeResult:
     committed: list[list[int]]
     wall_time: float
     trace: list[Tensor] | None = None
+    confidence: Tensor | None = None
 
     def sequences(self) -> list[list[int]]:
         """Each row's response token ids, up to and excluding its first EOS."""
         return [self.tokens[i, : int(n)].tolist() for i, n in enumerate(self.lengths)]
+
+    def confidences(self) -> list[list[float | None]] | None:
+        """Per row, the probability of each response token when it was committed (None: the
+        token was given, not predicted), aligned with `sequences()`; None if not recorded."""
+        if self.confidence is None:
+            return None
+        return [[None if math.isnan(p) else p for p in self.confidence[i, : int(n)].tolist()]
+                for i, n in enumerate(self.lengths)]
 
 
 def response_lengths(tokens: Tensor, block_lengths: Tensor, eos_id: int) -> Tensor:
@@ -52,16 +64,26 @@ class StepLog:
 
     batch_size: int
     keep_trace: bool = False
+    width: int = 0
+    """The block width, for the per-position confidence record."""
     nfe: list[int] = field(init=False)
     committed: list[list[int]] = field(init=False)
     trace: list[Tensor] | None = field(init=False)
+    confidence: Tensor = field(init=False)
     started: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.nfe = [0] * self.batch_size
         self.committed = [[] for _ in range(self.batch_size)]
         self.trace = [] if self.keep_trace else None
+        self.confidence = torch.full((self.batch_size, self.width), math.nan, dtype=torch.float64)
         self.started = time.perf_counter()
+
+    def record_confidence(self, rows: Tensor, chosen: Tensor, probs: Tensor) -> None:
+        """Keep probs (B', W) at the chosen (B', W) positions of rows (B',): the tokens committed now."""
+        width = chosen.shape[1]
+        current = self.confidence[rows.cpu(), :width]
+        self.confidence[rows.cpu(), :width] = torch.where(chosen.cpu(), probs.detach().cpu().double(), current)
 
     def record_step(self, rows: list[int], committed: list[int], block: Tensor) -> None:
         """One forward pass over `rows`, which committed `committed[j]` positions in row rows[j]."""
@@ -83,6 +105,7 @@ class StepLog:
             committed=self.committed,
             wall_time=time.perf_counter() - self.started,
             trace=self.trace,
+            confidence=self.confidence[:, : tokens.shape[1]],
         )
 
 
@@ -101,4 +124,16 @@ def concat_results(parts: list[DecodeResult], eos_id: int) -> DecodeResult:
         committed=[[c for p in parts for c in p.committed[i]] for i in range(len(last.committed))],
         wall_time=sum(p.wall_time for p in parts),
         trace=trace,
+        confidence=later_confidence(parts),
     )
+
+
+def later_confidence(parts: list[DecodeResult]) -> Tensor | None:
+    """The chained decodes' confidences: each position's from the last decode that committed it."""
+    recorded = [p.confidence for p in parts if p.confidence is not None]
+    if not recorded:
+        return None
+    merged = recorded[0].clone()
+    for later in recorded[1:]:
+        merged = torch.where(torch.isnan(later), merged, later)
+    return merged

@@ -8,7 +8,7 @@ from dllm_asr.audio import AudioError, load_audio
 from dllm_asr.checkpoint import save_model
 from dllm_asr.cli import main
 from dllm_asr.loading import build_model
-from dllm_asr.transcribe import (TranscribeOptions, block_lengths, deliberate_batch, transcribe_batch,
+from dllm_asr.inference import (TranscribeOptions, block_lengths, deliberate_batch, transcribe_batch,
                                  transcribe_files)
 from tests.conftest import ASSETS, DATA, tiny_model_config
 
@@ -71,7 +71,8 @@ def test_deliberation_keeps_unmasked_prior_tokens(tiny_model, real_clips):
 
 def test_bad_file_does_not_kill_the_batch(tiny_model):
     paths = [ASSETS / "example.wav", DATA / "corrupt.wav", DATA / "empty.wav", DATA / "stereo_44k.flac"]
-    results = transcribe_files(tiny_model, paths, TranscribeOptions(steps=2, length=4), batch_size=4)
+    results = list(transcribe_files(tiny_model, paths, TranscribeOptions(steps=2, length=4), batch_size=4))
+    assert [r.path for r in results] == [str(p) for p in paths]  # in the order given
     assert [r.error is None for r in results] == [True, False, False, True]
     assert "corrupt.wav" in results[1].error and "\n" not in results[1].error
 
@@ -185,7 +186,7 @@ def test_bad_decoding_options_are_refused_before_the_model_loads(flags, message,
 
 
 def test_a_long_clip_is_cut_at_pauses_and_its_windows_joined(tiny_model, real_clips):
-    from dllm_asr.segment import split_at_pauses
+    from dllm_asr.segment import speech_span, split_at_pauses
 
     gap = np.zeros(8000, dtype=np.float32)
     long_clip = np.concatenate([real_clips[0], gap, real_clips[0], gap, real_clips[0]])
@@ -193,13 +194,24 @@ def test_a_long_clip_is_cut_at_pauses_and_its_windows_joined(tiny_model, real_cl
     options = TranscribeOptions(steps=2, length=4, window_seconds=seconds)
     whole, alone = transcribe_batch(tiny_model, [long_clip, real_clips[0]], options)
     windows = split_at_pauses(long_clip, seconds)
-    assert len(whole.segments) == len(windows) == 3 and alone.segments is None
-    assert [(s.start, s.end) for s in whole.segments] == [(a / 16000, b / 16000) for a, b in windows]
-    pieces = transcribe_batch(tiny_model, [long_clip[a:b] for a, b in windows], options)
+    assert len(whole.segments) == len(windows) == 3 and len(alone.segments) == 1
+    span = speech_span(real_clips[0])
+    # each window holds one copy of the clip: its segment is timed by the clip's own sound
+    for segment, (start, _), copy in zip(whole.segments, windows, (0, 1, 2)):
+        offset = copy * (len(real_clips[0]) + len(gap)) / 16000
+        assert segment.start == pytest.approx(offset + span[0], abs=0.05)
+        assert segment.end == pytest.approx(offset + span[1], abs=0.05)
+    # a piece cut from the clip is decoded from its sound (`speech_span`) only
+    spans = [speech_span(long_clip[a:b]) for a, b in windows]
+    pieces = transcribe_batch(tiny_model, [long_clip[a + round(s * 16000): a + round(e * 16000)]
+                                           for (a, _), (s, e) in zip(windows, spans)], options)
     assert whole.text == " ".join(p.text for p in pieces if p.text)
     assert whole.nfe == sum(p.nfe for p in pieces) and whole.tokens == [t for p in pieces for t in p.tokens]
+    assert whole.confidences == pytest.approx([c for p in pieces for c in p.confidences], rel=1e-4)
+    assert len(whole.confidences) == len(whole.tokens)
+    assert whole.segments[0].confidence == pytest.approx(np.mean(pieces[0].confidences), rel=1e-4)
     # the window is the model's own unless the options name one
-    assert transcribe_batch(tiny_model, [long_clip], TranscribeOptions(steps=2, length=4))[0].segments is None
+    assert len(transcribe_batch(tiny_model, [long_clip], TranscribeOptions(steps=2, length=4))[0].segments) == 1
 
 
 def test_missing_files_are_reported_before_the_model_loads(tmp_path, capsys):
@@ -207,3 +219,24 @@ def test_missing_files_are_reported_before_the_model_loads(tmp_path, capsys):
     assert main(["transcribe", "--model", str(tmp_path / "not-loaded"), str(tmp_path / "gone.wav")]) == 1
     err = capsys.readouterr().err
     assert err == f"error: audio file not found: {tmp_path / 'gone.wav'}\n"
+
+
+@pytest.mark.slow
+def test_cli_reads_standard_input_prints_segments_with_v_and_writes_confidences(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    save_model(tiny_model, tmp_path / "ckpt")
+    with open(ASSETS / "example.wav", "rb") as stdin:
+        done = subprocess.run([sys.executable, "-m", "dllm_asr.cli", "transcribe", "--model", str(tmp_path / "ckpt"),
+                               "--steps", "2", "--length", "4", "--output-format", "json", "--output-dir",
+                               str(tmp_path / "out"), "-v", "-"], stdin=stdin, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    path, text = done.stdout.rstrip("\n").split("\t")
+    assert path == "-"
+    record = json.loads((tmp_path / "out" / "stdin.json").read_text())
+    assert record["text"] == text and len(record["token_confidences"]) == len(record["tokens"]) == 4
+    assert all(0 < p <= 1 for p in record["token_confidences"])
+    segment = record["segments"][0]
+    assert segment["confidence"] == pytest.approx(sum(record["token_confidences"]) / 4)
+    assert f"- [00:00.{round(segment['start'] * 1000):03d} --> 00:0{segment['end']:.3f}] {text}" in done.stderr
