@@ -159,7 +159,15 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     if samples.shape[0] == 0:
         raise AudioError(f"audio file contains no samples: {path}")
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-    return resample(mono.astype(np.float32), file_rate, sample_rate)
+    return resample(finite(mono.astype(np.float32), path), file_rate, sample_rate)
+
+
+def finite(samples: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """`samples`, or AudioError when any is NaN or infinite (a float file can hold them, and
+    one would turn every feature of its clip, and the transcript, into garbage)."""
+    if not np.isfinite(samples).all():
+        raise AudioError(f"audio file {path} holds samples that are not numbers (NaN or infinity)")
+    return samples
 
 
 def _decode(path: Path, ffmpeg_rate: int) -> tuple[np.ndarray, int]:
@@ -230,7 +238,7 @@ def read_blocks(path: str | os.PathLike, block_seconds: float = 60.0) -> Iterato
         yield load_audio(path)
     elif info.samplerate == SAMPLE_RATE:
         for samples in soundfile.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
-            yield samples.mean(axis=1)
+            yield finite(samples.mean(axis=1), path)
     else:
         yield from _stream_with_ffmpeg(path, block)
 
@@ -254,7 +262,7 @@ def _stream_with_ffmpeg(path: Path | str, block: int) -> Iterator[np.ndarray]:
             if not data:
                 break
             count += len(data) // 4
-            yield np.frombuffer(data[: len(data) // 4 * 4], dtype=np.float32).copy()
+            yield finite(np.frombuffer(data[: len(data) // 4 * 4], dtype=np.float32).copy(), path)
         stderr = process.stderr.read()
         if process.wait() != 0:
             raise _ffmpeg_error(path, stderr)

@@ -224,3 +224,15 @@ def test_a_16k_wav_streams_exactly_and_a_bad_file_fails_as_load_audio_does(tmp_p
         with pytest.raises(AudioError) as whole:
             load_audio(DATA / bad)
         assert str(streamed.value) == str(whole.value)
+
+
+def test_nan_samples_are_refused_whole_or_streamed(tmp_path):
+    from dllm_asr.audio import read_blocks
+
+    audio = np.zeros(16000 * 3, dtype=np.float32)
+    audio[20000] = np.nan
+    soundfile.write(tmp_path / "nan.wav", audio, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan.wav holds samples that are not numbers"):
+        load_audio(tmp_path / "nan.wav")
+    with pytest.raises(AudioError, match=r"nan.wav holds samples that are not numbers"):
+        list(read_blocks(tmp_path / "nan.wav", block_seconds=1.0))

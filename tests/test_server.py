@@ -188,3 +188,35 @@ def test_the_page_in_a_real_browser(live_server, tmp_path):
     assert len(rows) == 2 and rows[0].startswith("step 1") and rows[1].startswith("step 2")
     assert "network passes (NFE)" in status
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_a_request_not_decoded_in_time_gets_504(tiny_model):
+    with TestClient(create_app(tiny_model, ServerLimits(timeout_seconds=0.001, max_wait_seconds=0.5))) as c:
+        answer = post(c)
+    assert answer.status_code == 504 and "not decoded within" in answer.json()["error"]["message"]
+
+
+def test_shutdown_finishes_the_requests_in_flight(tiny_model):
+    import uvicorn
+
+    openai = pytest.importorskip("openai")
+
+    port = free_port()
+    app = create_app(tiny_model, ServerLimits(max_wait_seconds=1.0))  # the request waits a second in the batcher
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        sent = pool.submit(client.audio.transcriptions.create, model="whisper-1",
+                           file=("example.wav", (ASSETS / "example.wav").read_bytes()), extra_body=FAST)
+        while not app.state.batcher.jobs.unfinished_tasks and not sent.done() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the request has reached the batcher
+        server.should_exit = True  # what SIGINT / SIGTERM do
+        answer = sent.result(timeout=60)
+    thread.join(timeout=30)
+    assert answer.text
+    assert not thread.is_alive()
