@@ -179,10 +179,20 @@ def _give_normal_permissions(directory: Path) -> None:
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Swap `src` into place at `dst` so a kill never leaves a half-written checkpoint."""
+    """Swap `src` into place at `dst` so a kill never leaves a half-written checkpoint: killed
+    between the two renames, the previous checkpoint waits in `<dst>.old`, where
+    `recover_interrupted_swap` (called by every load) and the next save find it."""
     old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(dst, old)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_swap(directory: str | Path) -> None:
+    """A checkpoint folder that a killed save left only as `<directory>.old` is put back."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and (old / CONFIG_FILE).is_file():
+        os.replace(old, directory)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .adapters import build_adapter
-from .checkpoint import CONFIG_FILE, load_deltas
+from .checkpoint import CONFIG_FILE, load_deltas, recover_interrupted_swap
 from .config import DEFAULT_MODEL, ModelConfig
 from .decoders import load_decoder
 from .decoders.base import resolve_dtype
@@ -93,6 +93,7 @@ def build_whisper_model(config: ModelConfig, encoder: torch.nn.Module, dtype: to
 def resolve_model_dir(path_or_name: str | Path) -> Path:
     """A checkpoint directory from a path or a shipped model name; the error lists the names."""
     path = Path(path_or_name)
+    recover_interrupted_swap(path)
     if path.is_dir():
         return path
     shipped = MODELS_DIR / str(path_or_name)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import delta_parameter_names, load_deltas, load_train_state, save_model
+from .checkpoint import delta_parameter_names, load_deltas, load_train_state, recover_interrupted_swap, save_model
 from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
 from .distributed import DistContext, init_distributed
 from .encoders import ctc_loss
@@ -173,6 +173,7 @@ class Trainer:
 
     def resume_if_possible(self) -> None:
         last = self.out / "checkpoints" / "last"
+        recover_interrupted_swap(last)
         if not (last / "train_state.json").is_file():
             return
         load_deltas(self.model, last)

@@ -185,3 +185,43 @@ def test_decoder_slice_keeps_the_first_pretrained_layers(tiny_config, tmp_path):
     bad = dataclasses.replace(tiny_config, decoder=DecoderConfig(**{**vars(tiny_config.decoder), "num_layers": 5}))
     with pytest.raises(ValueError, match="decoder.num_layers"):
         build_model(bad)
+
+
+def test_a_full_disk_or_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tiny_model, tmp_path, monkeypatch):
+    import errno
+
+    from dllm_asr import checkpoint
+
+    save_model(tiny_model, tmp_path / "last")
+    before = (tmp_path / "last" / WEIGHTS_FILE).read_bytes()
+    real_save_file = checkpoint.save_file
+
+    def disk_full(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 100)  # what fitted
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(tiny_model, tmp_path / "last")
+    assert (tmp_path / "last" / WEIGHTS_FILE).read_bytes() == before
+    load_model(tmp_path / "last")
+
+    # killed between the two renames of the swap: only last.old holds the previous checkpoint
+    monkeypatch.setattr(checkpoint, "save_file", real_save_file)
+    real_replace, calls = os.replace, []
+
+    def killed_after_the_first_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(tiny_model, tmp_path / "last")
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert not (tmp_path / "last").exists() and (tmp_path / "last.old" / WEIGHTS_FILE).read_bytes() == before
+    load_model(tmp_path / "last")  # the interrupted swap is undone
+    assert (tmp_path / "last" / WEIGHTS_FILE).read_bytes() == before and not (tmp_path / "last.old").exists()
+    save_model(tiny_model, tmp_path / "last")  # and the next save goes through
