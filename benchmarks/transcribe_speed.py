@@ -102,7 +102,7 @@ def prepare_inputs(manifest: str, out: Path, minutes: float, n_clips: int) -> No
     (out / "clips").mkdir()
     with open(out / "clips.jsonl", "w", encoding="utf-8") as refs:
         for index, record in enumerate(records):
-            need_long = long_samples < minutes * 60 * SAMPLE_RATE
+            need_long = not pieces or long_samples < minutes * 60 * SAMPLE_RATE  # at least one clip
             if not need_long and index >= n_clips:
                 break
             audio = load_audio(record["audio"])
