@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $DLLM_ASR_API_KEY, else none)")
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most")
-    p.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to batch with (0: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to batch with (0: no waiting, but requests queued meanwhile are still batched; --max-batch 1 decodes each alone)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload, MiB (413 above)")
     p.add_argument("--max-audio-seconds", type=float, default=3600.0, help="longest audio accepted (400 above)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request gets 504")

@@ -49,7 +49,8 @@ class ServerLimits:
     max_batch: int = 8
     """Requests decoded together at most."""
     max_wait_seconds: float = 0.02
-    """How long the first request of a batch waits for others (0: no dynamic batching)."""
+    """How long the first request of a batch waits for others (0: no waiting; requests that queued
+    while the previous batch decoded are still taken; `max_batch` 1 decodes each alone)."""
     timeout_seconds: float = 300.0
     """A request not answered by then gets 504."""
     api_key: str | None = None
