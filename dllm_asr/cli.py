@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_MODEL
-from .options import MASKINGS, OUTPUT_FORMATS, REMASKINGS, STRATEGIES, TranscribeOptions, field_help
+from .options import MASKINGS, OUTPUT_FORMATS, REMASKINGS, STRATEGIES, TranscribeOptions, field_help, field_type
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         elif isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **settings)
         else:
-            kind = {"length": int, "seed": int, "window_seconds": float}.get(f.name, type(f.default) if f.default is not None else str)
+            kind = field_type(f)
             parser.add_argument(flag, type=kind, **settings)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
-from dataclasses import dataclass
+from dataclasses import Field, dataclass
 
 
 STRATEGIES = ("diffusion", "semi-ar", "threshold", "prior", "ar")
@@ -78,6 +78,12 @@ class TranscribeOptions:
         if self.temperature < 0 or self.margin < 0 or self.tokens_per_second <= 0:
             raise ValueError("--temperature and --margin must be >= 0 and --tokens-per-second > 0, got "
                              f"{self.temperature}, {self.margin}, {self.tokens_per_second}")
+
+
+def field_type(f: Field) -> type:
+    """The type a TranscribeOptions field takes from a command line or a form (its annotation
+    without `| None`)."""
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type).split("|")[0].strip()]
 
 
 def field_help(cls: type) -> dict[str, str]:

@@ -45,8 +45,8 @@ def next_cut(audio: np.ndarray, limit: int, frame: int) -> int | None:
     """Where the first piece of `audio` ends (see the module docstring), in samples; None: the
     whole of `audio` (no longer than `limit` samples) is one piece. Reads at most the first
     `limit` samples and two frames after them."""
-    stretch = audio[: min(limit, len(audio))]
-    pause = first_pause(frame_loudness(stretch, frame), frame)
+    loudness = frame_loudness(audio[: min(limit, len(audio))], frame)
+    pause = first_pause(loudness, frame)
     if pause is not None:
         return pause
     if len(audio) <= limit:
@@ -55,7 +55,7 @@ def next_cut(audio: np.ndarray, limit: int, frame: int) -> int | None:
     last = min(limit, len(audio) - 2 * frame) // frame - 1  # leaving a tail of 2 frames or more
     if last < first:
         return limit
-    return (first + int(np.argmin(frame_loudness(audio[: (last + 1) * frame], frame)[first:]))) * frame + frame // 2
+    return (first + int(np.argmin(loudness[first: last + 1]))) * frame + frame // 2
 
 
 def first_pause(loudness: np.ndarray, frame: int, sample_rate: int = SAMPLE_RATE) -> int | None:

@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from .audio import SAMPLE_RATE, AudioError, load_audio
 from .inference import FileResult, Transcript, deliberate_batch, model_options, transcribe_batch
-from .options import MASKINGS, TranscribeOptions
+from .options import MASKINGS, TranscribeOptions, field_type
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 ENGLISH = {"en", "english"}
@@ -180,7 +180,7 @@ def request_options(model, form: dict) -> tuple[TranscribeOptions, tuple | None]
     changes = {}
     for f in fields(TranscribeOptions):
         if f.name in form and f.name != "trace":
-            changes[f.name] = parse_field(f.name, form[f.name], f.default)
+            changes[f.name] = parse_field(f.name, form[f.name], field_type(f))
     try:
         options = model_options(model, **changes)
     except ValueError as error:
@@ -191,12 +191,11 @@ def request_options(model, form: dict) -> tuple[TranscribeOptions, tuple | None]
     mask = str(form.get("mask", "semi-ar"))
     if mask not in MASKINGS:
         raise RequestError(400, f"mask must be one of {', '.join(MASKINGS)}, got {mask!r}")
-    return options, (str(prior), mask, int(parse_field("chunks", form.get("chunks", 2), 2)))
+    return options, (str(prior), mask, parse_field("chunks", form.get("chunks", 2), int))
 
 
-def parse_field(name: str, value, default):
-    """A form string as the type of the field's default."""
-    kind = type(default) if default is not None else (int if name in ("length", "seed") else float)
+def parse_field(name: str, value, kind: type):
+    """A form string as a value of type `kind`."""
     try:
         if kind is bool:
             return str(value).lower() in ("1", "true", "yes", "on")

@@ -69,21 +69,31 @@ class StepLog:
     nfe: list[int] = field(init=False)
     committed: list[list[int]] = field(init=False)
     trace: list[Tensor] | None = field(init=False)
-    confidence: Tensor = field(init=False)
+    confidence: Tensor | None = field(init=False)
+    """(B, width) on the decode's device, made at the first record (no host copy per step)."""
     started: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.nfe = [0] * self.batch_size
         self.committed = [[] for _ in range(self.batch_size)]
         self.trace = [] if self.keep_trace else None
-        self.confidence = torch.full((self.batch_size, self.width), math.nan, dtype=torch.float64)
+        self.confidence = None
         self.started = time.perf_counter()
+
+    def _confidence(self) -> Tensor:
+        if self.confidence is None:  # nothing committed yet: every position was given
+            return torch.full((self.batch_size, self.width), math.nan, dtype=torch.float64)
+        return self.confidence
 
     def record_confidence(self, rows: Tensor, chosen: Tensor, probs: Tensor) -> None:
         """Keep probs (B', W) at the chosen (B', W) positions of rows (B',): the tokens committed now."""
+        if self.confidence is None:
+            self.confidence = torch.full((self.batch_size, self.width), math.nan, dtype=torch.float64,
+                                         device=probs.device)
         width = chosen.shape[1]
-        current = self.confidence[rows.cpu(), :width]
-        self.confidence[rows.cpu(), :width] = torch.where(chosen.cpu(), probs.detach().cpu().double(), current)
+        rows = rows.to(probs.device)
+        current = self.confidence[rows, :width]
+        self.confidence[rows, :width] = torch.where(chosen, probs.detach().double(), current)
 
     def record_step(self, rows: list[int], committed: list[int], block: Tensor) -> None:
         """One forward pass over `rows`, which committed `committed[j]` positions in row rows[j]."""
@@ -105,7 +115,7 @@ class StepLog:
             committed=self.committed,
             wall_time=time.perf_counter() - self.started,
             trace=self.trace,
-            confidence=self.confidence[:, : tokens.shape[1]],
+            confidence=self._confidence()[:, : tokens.shape[1]].cpu(),
         )
 
 
