@@ -18,6 +18,7 @@ import yaml
 from .data import Utterance, load_dataset
 from .evaluate import EvalReport, evaluate_utterances
 from .inference import TranscribeOptions
+from .options import DeliberationOptions
 
 DEFAULT_GRID: list[dict[str, Any]] = [
     {"name": "diffusion, 1 step", "strategy": "diffusion", "steps": 1},
@@ -70,7 +71,7 @@ def run_one(run: dict[str, Any], models: dict, utterances: list[Utterance], ar_h
     model = models[run.get("model", "diffusion")]
     if run.get("prior") == "ctc" and model.ctc_head is None:
         raise ValueError("needs a CTC head, which this model has not")
-    deliberation = run.get("deliberate")
+    deliberation = DeliberationOptions(**run["deliberate"]) if run.get("deliberate") else None
     if deliberation or run.get("prior") == "ar":
         if ar_hyps is None:
             raise ValueError(f"run {run['name']!r} needs AR hypotheses: give --ar-model or an 'AR greedy' run first")

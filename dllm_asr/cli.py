@@ -22,7 +22,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_MODEL
-from .options import MASKINGS, OUTPUT_FORMATS, REMASKINGS, STRATEGIES, TranscribeOptions, field_help, field_type
+from .options import (DELIBERATION_RULES, MASKINGS, OUTPUT_FORMATS, REMASKINGS, STRATEGIES, DeliberationOptions,
+                      TranscribeOptions, field_help, field_type)
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
@@ -139,9 +140,8 @@ def cmd_deliberate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.prior}: no prior for {', '.join(missing[:5])} (ids are the audio file stems)")
     transcribe_options(args)  # bad flags fail before the model loads
     model = open_model(args)
-    deliberation = {"mask": args.mask, "ratio": args.ratio, "chunks": args.chunks, "use_audio": not args.text_only}
     results = list(transcribe_files(model, args.files, transcribe_options(args, model), batch_size=args.batch_size,
-                                    priors=[priors[k] for k in keys], deliberation=deliberation))
+                                    priors=[priors[k] for k in keys], deliberation=deliberation_options(args)))
     for key, result in zip(keys, results):
         if result.error:
             print(f"error: {result.error}", file=sys.stderr)
@@ -164,11 +164,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import data_audio_gain, evaluate_model
 
     transcribe_options(args)  # bad flags fail before the model loads
+    deliberation = deliberation_options(args)
     model = open_model(args)
-    deliberation = None
-    if args.deliberate:
-        deliberation = {"mask": args.deliberate, "ratio": args.ratio, "chunks": args.chunks,
-                        "use_audio": not args.text_only}
     report = evaluate_model(model, args.data, transcribe_options(args, model), max_utterances=args.max_utterances,
                             batch_size=args.batch_size, deliberation=deliberation)
     report.write(args.out)
@@ -333,11 +330,22 @@ def shipped_recipes() -> list[str]:
 
 
 def add_deliberation_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    docs, defaults = field_help(DeliberationOptions), DeliberationOptions()
     parser.add_argument("--mask" if required else "--deliberate", choices=MASKINGS, required=required,
-                        dest="mask" if required else "deliberate", help="deliberation masking")
-    parser.add_argument("--ratio", type=float, default=0.3, help="fraction of prior tokens re-masked")
-    parser.add_argument("--chunks", type=int, default=2, help="semi-AR deliberation chunks")
+                        dest="mask", help=docs["mask"] + ("" if required else " Given: deliberate the prior."))
+    parser.add_argument("--ratio", type=float, default=defaults.ratio, help=docs["ratio"])
+    parser.add_argument("--chunks", type=int, default=defaults.chunks, help=docs["chunks"])
+    parser.add_argument("--deliberation-rules", choices=DELIBERATION_RULES, default=defaults.rules, dest="rules",
+                        help=docs["rules"])
     parser.add_argument("--text-only", action="store_true", help="condition on the prompt alone (no audio)")
+
+
+def deliberation_options(args: argparse.Namespace) -> DeliberationOptions | None:
+    """The deliberation the flags ask for (None when no --mask/--deliberate was given)."""
+    if not args.mask:
+        return None
+    return DeliberationOptions(mask=args.mask, ratio=args.ratio, chunks=args.chunks, use_audio=not args.text_only,
+                               rules=args.rules)
 
 
 def main(argv: list[str] | None = None) -> int:

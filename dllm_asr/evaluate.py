@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +23,7 @@ from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
 from .model import AudioContext, SpeechLLM, encode_transcripts, transcript_and_eos
 from .progress import progress
 from .inference import TranscribeOptions, Transcript, deliberate_batch, transcribe_batch
+from .options import DeliberationOptions
 
 
 @dataclass
@@ -87,10 +88,10 @@ def _batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]
 
 
 def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], options: TranscribeOptions,
-                        batch_size: int = 8, deliberation: dict | None = None,
+                        batch_size: int = 8, deliberation: DeliberationOptions | None = None,
                         normalizer: str = "whisper_english", warmup: bool = True,
                         priors_from_data: bool = False) -> EvalReport:
-    """Decode and score `utterances`. `deliberation` ({mask, ratio, chunks, use_audio}) deliberates
+    """Decode and score `utterances`. `deliberation` deliberates
     each utterance's `prior` instead of decoding from scratch; `priors_from_data` feeds those
     priors to prior-guided decoding instead of the CTC head's. The first batch is decoded once
     untimed when `warmup` (allocations, kernel selection), then everything is timed."""
@@ -127,13 +128,13 @@ def evaluate_utterances(model: SpeechLLM, utterances: Sequence[Utterance], optio
 def _runner(model, audios, priors, options, deliberation, priors_from_data):
     if deliberation is None:
         return lambda: transcribe_batch(model, audios, options, priors=priors if priors_from_data else None)
-    return lambda: deliberate_batch(model, audios, priors, options=options, **deliberation)
+    return lambda: deliberate_batch(model, audios, priors, deliberation, options)
 
 
-def _describe(options: TranscribeOptions, deliberation: dict | None) -> dict:
+def _describe(options: TranscribeOptions, deliberation: DeliberationOptions | None) -> dict:
     described = {k: v for k, v in vars(options).items() if k != "trace"}
     if deliberation:
-        described.update({f"deliberation_{k}": v for k, v in deliberation.items()})
+        described.update({f"deliberation_{k}": v for k, v in asdict(deliberation).items()})
     return described
 
 

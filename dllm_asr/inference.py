@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from .audio import AudioError, SAMPLE_RATE, load_audio, read_blocks
-from .decoding import DecodeOptions, decode, deliberate_semi_ar, mask_low_confidence, mask_random, pack_priors
+from .decoding import DecodeOptions, decode, deliberate, pack_priors
 from .encoders import ctc_greedy_decode
 from .config import DEFAULT_MODEL
 from .model import AudioContext, SpeechLLM
-from .options import MASKINGS, TranscribeOptions
+from .options import DeliberationOptions, TranscribeOptions
 from .progress import FileProgress
 from .segment import speech_span, windows
 
@@ -340,44 +340,31 @@ def regrow(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext, 
 
 
 @torch.no_grad()
-def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence[str], mask: str = "semi-ar",
-                     ratio: float = 0.3, chunks: int = 2, use_audio: bool = True,
+def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence[str],
+                     deliberation: DeliberationOptions = DeliberationOptions(),
                      options: TranscribeOptions = TranscribeOptions()) -> list[Transcript]:
     """Deliberation (Whisper-LLaDA sec. 3.3.1): re-mask a prior transcript and let the model fill it.
 
-    mask: "random" (ratio p at random positions), "low-confidence" (one scoring pass, the lowest
-    p(prior token) masked) or "semi-ar" (C chunks fully masked and re-decoded left to right).
-    use_audio=False conditions on the prompt alone (the paper's text-only control).
+    deliberation.mask: "random" (ratio p at random positions), "low-confidence" (one scoring
+    pass, the lowest p(prior token) masked) or "semi-ar" (C chunks fully masked and re-decoded
+    left to right); `deliberation.rules` says how counts, chunks and steps are taken.
     """
-    transcripts = _deliberate(model, audios, priors, mask, ratio, chunks, use_audio, options)
+    transcripts = _deliberate(model, audios, priors, deliberation, options)
     return [join_windows([(whole_clip_segment(audio, t), t)]) for audio, t in zip(audios, transcripts)]
 
 
-def _deliberate(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence[str], mask: str, ratio: float,
-                chunks: int, use_audio: bool, options: TranscribeOptions) -> list[Transcript]:
-    if mask not in MASKINGS:
-        raise ValueError(f"--mask must be one of {', '.join(MASKINGS)}, got {mask!r}")
+def _deliberate(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence[str],
+                how: DeliberationOptions, options: TranscribeOptions) -> list[Transcript]:
     check_strategy(model, "diffusion")
     model.eval()
     audio = model.encode_audio(audios)
-    if not use_audio:
+    if not how.use_audio:
         audio = model.audio_free(audio)
     predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
     prior, lengths = tokenize_texts(model, priors)
     options = replace(options, strategy="diffusion")
-    if mask == "semi-ar":
-        chunk_size = -(-int(lengths.max()) // chunks)
-        steps = max(1, min(options.steps, chunk_size))
-        result = deliberate_semi_ar(predictor, prior, lengths, chunks, decode_options(model, options, steps=steps))
-        return _texts(model, result, options.trace)
-    if mask == "random":
-        init = mask_random(prior, lengths, ratio, model.mask_id, seed=options.seed)
-    else:
-        neutral = model.eos_id
-        init, _ = mask_low_confidence(predictor, prior, lengths, ratio, model.mask_id, neutral)
-    masked = int((init == model.mask_id).sum(dim=1).max())
-    steps = max(1, min(options.steps, masked))
-    result = decode(predictor, init, decode_options(model, options, steps=steps), lengths)
+    result = deliberate(predictor, prior, lengths, decode_options(model, options), how.mask, how.ratio, how.chunks,
+                        how.rules)
     return _texts(model, result, options.trace)
 
 
@@ -398,7 +385,8 @@ are batched across files."""
 
 
 def transcribe_files(model: SpeechLLM, paths: Sequence[str | Path], options: TranscribeOptions = TranscribeOptions(),
-                     batch_size: int = 8, priors: Sequence[str] | None = None, deliberation: dict | None = None,
+                     batch_size: int = 8, priors: Sequence[str] | None = None,
+                     deliberation: DeliberationOptions | None = None,
                      on_segment: Callable[[str, Segment], None] | None = None,
                      stream_seconds: float = STREAM_SECONDS) -> Iterator[FileResult]:
     """Transcribe files, yielding one FileResult per path in the order given, each as soon as
@@ -407,8 +395,8 @@ def transcribe_files(model: SpeechLLM, paths: Sequence[str | Path], options: Tra
     Files up to `stream_seconds` long are decoded `batch_size` at a time across files; a longer
     one streams, window by window (`transcribe_stream`), in memory bounded by one block and one
     batch. `on_segment(path, segment)` sees each segment of a streamed file when it is decoded,
-    and the segments of the others when their batch is. With `deliberation` ({mask, ratio,
-    chunks, use_audio}: `deliberate_batch`'s options), each file's prior transcript `priors[i]`
+    and the segments of the others when their batch is. With `deliberation` (see
+    `deliberate_batch`), each file's prior transcript `priors[i]`
     is deliberated instead of decoding from scratch (files are then read whole).
     """
     pending: list[tuple[str, np.ndarray, int]] = []
@@ -461,7 +449,7 @@ def _stream_file(model: SpeechLLM, path: str, blocks: Iterable[np.ndarray], opti
 
 
 def _flush(model: SpeechLLM, pending: list[tuple[str, np.ndarray, int]], options: TranscribeOptions,
-           priors: Sequence[str] | None, deliberation: dict | None,
+           priors: Sequence[str] | None, deliberation: DeliberationOptions | None,
            on_segment: Callable[[str, Segment], None] | None, bar: FileProgress) -> Iterator[FileResult]:
     """Decode the files waiting in `pending` as one batch (and empty it)."""
     if not pending:
@@ -471,7 +459,7 @@ def _flush(model: SpeechLLM, pending: list[tuple[str, np.ndarray, int]], options
     if deliberation is None:
         transcripts = transcribe_batch(model, audios, options)
     else:
-        transcripts = deliberate_batch(model, audios, [priors[i] for _, _, i in pending], options=options, **deliberation)
+        transcripts = deliberate_batch(model, audios, [priors[i] for _, _, i in pending], deliberation, options)
     per_clip = (time.perf_counter() - started) / len(pending)
     for (path, audio, _), transcript in zip(pending, transcripts):
         for segment in transcript.segments if on_segment is not None else []:

@@ -80,6 +80,49 @@ class TranscribeOptions:
                              f"{self.temperature}, {self.margin}, {self.tokens_per_second}")
 
 
+DELIBERATION_RULES = ("reference", "balanced")
+"""How deliberation counts, splits and spends steps (`DeliberationOptions.rules`)."""
+
+
+@dataclass(frozen=True)
+class DeliberationOptions:
+    """How to deliberate a prior transcript (Whisper-LLaDA sec. 3.3.1; docs/algorithms.md).
+
+    `rules` picks between two sets of small decisions the paper leaves to its code:
+
+    | decision | "reference" (default: Whisper-LLaDA's code) | "balanced" |
+    |---|---|---|
+    | tokens re-masked at ratio p of n | floor(p * n) | round half up |
+    | semi-AR chunks of n tokens | n // C each, the remainder in the last | (c * n) // C cuts |
+    | `steps` in semi-AR | the total, steps // C per chunk | per chunk |
+    | an EOS filled into the middle | dropped, the tokens after it kept | the transcript ends there |
+    """
+
+    mask: str = "semi-ar"
+    """Which prior tokens are re-masked: random | low-confidence | semi-ar (one chunk at a time)."""
+    ratio: float = 0.3
+    """Fraction p of the prior's tokens re-masked (random, low-confidence)."""
+    chunks: int = 2
+    """Semi-AR deliberation: number of chunks C, re-decoded left to right."""
+    use_audio: bool = True
+    """False conditions on the prompt alone (the paper's text-only control)."""
+    rules: str = "reference"
+    """reference: as Whisper-LLaDA's code, which made the paper's tables (floor(p * n) tokens
+    re-masked; chunks of n // C tokens, the rest in the last; the steps shared by the chunks; an
+    EOS filled mid-transcript dropped) | balanced (round half up; near-equal chunks; the steps
+    per chunk; the transcript ends at an EOS)."""
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASKINGS:
+            raise ValueError(f"--mask must be one of {', '.join(MASKINGS)}, got {self.mask!r}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"--ratio must be in [0, 1], got {self.ratio}")
+        if self.chunks < 1:
+            raise ValueError(f"--chunks must be >= 1, got {self.chunks}")
+        if self.rules not in DELIBERATION_RULES:
+            raise ValueError(f"--deliberation-rules must be one of {', '.join(DELIBERATION_RULES)}, got {self.rules!r}")
+
+
 def field_type(f: Field) -> type:
     """The type a TranscribeOptions field takes from a command line or a form (its annotation
     without `| None`)."""

@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from .audio import SAMPLE_RATE, AudioError, load_audio
 from .inference import FileResult, Transcript, deliberate_batch, model_options, transcribe_batch
-from .options import MASKINGS, TranscribeOptions, field_type
+from .options import DeliberationOptions, TranscribeOptions, field_type
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 ENGLISH = {"en", "english"}
@@ -69,12 +69,12 @@ class RequestError(Exception):
 class Job:
     audio: object
     options: TranscribeOptions
-    deliberation: tuple | None  # (prior text, mask, chunks)
+    deliberation: tuple[str, DeliberationOptions] | None  # (prior text, how)
     future: concurrent.futures.Future
 
     def key(self) -> str:
         """Jobs with equal keys can share one batch."""
-        return json.dumps([asdict(self.options), self.deliberation and self.deliberation[1:]])
+        return json.dumps([asdict(self.options), self.deliberation and asdict(self.deliberation[1])])
 
 
 class Batcher:
@@ -131,9 +131,8 @@ class Batcher:
             if live[0].deliberation is None:
                 transcripts = transcribe_batch(self.model, audios, options)
             else:
-                _, mask, chunks = live[0].deliberation
                 priors = [job.deliberation[0] for job in live]
-                transcripts = deliberate_batch(self.model, audios, priors, mask=mask, chunks=chunks, options=options)
+                transcripts = deliberate_batch(self.model, audios, priors, live[0].deliberation[1], options)
         except Exception as error:  # the clients hear of it; the server goes on
             for job in live:
                 job.future.set_exception(error)
@@ -173,7 +172,8 @@ def read_upload(data: bytes, filename: str, limits: ServerLimits):
 
 def request_options(model, form: dict) -> tuple[TranscribeOptions, tuple | None]:
     """TranscribeOptions from the form's fields over the model's own settings, and the
-    deliberation (prior, mask, chunks) if a `prior` was given. RequestError 400 on a bad value."""
+    deliberation (prior, DeliberationOptions from the form's fields of that name) if a `prior`
+    was given. RequestError 400 on a bad value."""
     language = str(form.get("language") or "en").lower()
     if language not in ENGLISH:
         raise RequestError(400, f"language {language!r}: this model transcribes English only (en)")
@@ -188,10 +188,12 @@ def request_options(model, form: dict) -> tuple[TranscribeOptions, tuple | None]
     prior = form.get("prior")
     if prior is None:
         return options, None
-    mask = str(form.get("mask", "semi-ar"))
-    if mask not in MASKINGS:
-        raise RequestError(400, f"mask must be one of {', '.join(MASKINGS)}, got {mask!r}")
-    return options, (str(prior), mask, parse_field("chunks", form.get("chunks", 2), int))
+    changes = {f.name: parse_field(f.name, form[f.name], field_type(f))
+               for f in fields(DeliberationOptions) if f.name in form}
+    try:
+        return options, (str(prior), DeliberationOptions(**changes))
+    except ValueError as error:
+        raise RequestError(400, str(error).replace("--deliberation-rules", "rules").replace("--", "")) from None
 
 
 def parse_field(name: str, value, kind: type):

@@ -8,6 +8,7 @@ from dllm_asr.audio import AudioError, load_audio
 from dllm_asr.checkpoint import save_model
 from dllm_asr.cli import main
 from dllm_asr.loading import build_model
+from dllm_asr.options import DeliberationOptions
 from dllm_asr.inference import (TranscribeOptions, block_lengths, deliberate_batch, transcribe_batch,
                                  transcribe_files)
 from tests.conftest import ASSETS, DATA, tiny_model_config
@@ -31,7 +32,7 @@ def test_an_ar_model_is_decoded_only_autoregressively(real_clips):
     with pytest.raises(ValueError, match="objective 'ar'.*--strategy ar, not 'diffusion'"):
         transcribe_batch(ar_model, real_clips[:1], TranscribeOptions(steps=2, length=4))
     with pytest.raises(ValueError, match="objective 'ar'"):
-        deliberate_batch(ar_model, real_clips[:1], ["a prior"], mask="random")
+        deliberate_batch(ar_model, real_clips[:1], ["a prior"], DeliberationOptions(mask="random"))
 
 
 def test_a_diffusion_model_refuses_the_ar_strategy(tiny_model, real_clips):
@@ -57,16 +58,16 @@ def test_deliberation_keeps_unmasked_prior_tokens(tiny_model, real_clips):
     prior = "the quick brown fox jumps"
     ids = tiny_model.tokenizer(prior, add_special_tokens=False)["input_ids"]
     options = TranscribeOptions(steps=4)
-    out = deliberate_batch(tiny_model, real_clips[:1], [prior], mask="random", ratio=0.4, options=options)[0]
+    out = deliberate_batch(tiny_model, real_clips[:1], [prior], DeliberationOptions(mask="random", ratio=0.4), options)[0]
     kept = [i for i, (a, b) in enumerate(zip(ids, out.tokens)) if a == b]
     assert len(kept) >= len(ids) - round(0.4 * len(ids))
     for mask in ("low-confidence", "semi-ar"):
         for use_audio in (True, False):
-            r = deliberate_batch(tiny_model, real_clips[:1], [prior], mask=mask, ratio=0.4, use_audio=use_audio,
-                                 options=options)[0]
+            how = DeliberationOptions(mask=mask, ratio=0.4, use_audio=use_audio)
+            r = deliberate_batch(tiny_model, real_clips[:1], [prior], how, options)[0]
             assert r.nfe >= 1
     with pytest.raises(ValueError, match="--mask"):
-        deliberate_batch(tiny_model, real_clips[:1], [prior], mask="everything")
+        DeliberationOptions(mask="everything")
 
 
 def test_bad_file_does_not_kill_the_batch(tiny_model):

@@ -225,8 +225,10 @@ def test_shutdown_finishes_the_requests_in_flight(tiny_model):
 def test_a_given_prior_is_deliberated(client, tiny_model, real_clips):
     from dllm_asr.inference import deliberate_batch
 
-    expected = deliberate_batch(tiny_model, [real_clips[0]], ["the quick brown fox"], mask="semi-ar", chunks=2,
-                                options=TranscribeOptions(steps=2, length=4))[0]
+    from dllm_asr.options import DeliberationOptions
+
+    expected = deliberate_batch(tiny_model, [real_clips[0]], ["the quick brown fox"], DeliberationOptions(chunks=2),
+                                TranscribeOptions(steps=2, length=4))[0]
     answer = post(client, data={"prior": "the quick brown fox", "mask": "semi-ar", "chunks": "2",
                                 "response_format": "verbose_json"}).json()
     assert answer["text"] == expected.text and answer["dllm_asr"]["nfe"] == expected.nfe

@@ -12,6 +12,7 @@ from dllm_asr.config import DecoderConfig, EncoderConfig, LoraSettings, ModelCon
 from dllm_asr.loading import build_model, load_model
 from dllm_asr.metrics import normalize as normalize_text
 from dllm_asr.inference import TranscribeOptions, deliberate_batch, transcribe_batch
+from dllm_asr.options import DeliberationOptions
 from dllm_asr.whisper_model import ARSamples, compression_ratio
 from tests.conftest import ASSETS
 
@@ -89,7 +90,7 @@ def test_every_strategy_decodes_the_whisper_model(whisper_model, example, strate
 @pytest.mark.parametrize("use_audio", [True, False])
 def test_deliberation_runs_with_and_without_audio(whisper_model, example, mask, use_audio):
     prior = (ASSETS / "example.txt").read_text()
-    result = deliberate_batch(whisper_model, [example], [prior], mask=mask, use_audio=use_audio)
+    result = deliberate_batch(whisper_model, [example], [prior], DeliberationOptions(mask=mask, use_audio=use_audio))
     assert len(result) == 1 and whisper_model.mask_id not in result[0].tokens
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident
 from .confidence import confidence_and_argmax
-from .deliberation import deliberate_semi_ar, mask_low_confidence, mask_random
+from .deliberation import deliberate, deliberate_semi_ar, drop_eos, mask_low_confidence, mask_random
 from .engine import decode
 from .options import DecodeOptions
 from .predictor import MaskPredictor, as_mask_predictor
@@ -29,7 +29,9 @@ __all__ = [
     "commit_most_confident",
     "confidence_and_argmax",
     "decode",
+    "deliberate",
     "deliberate_semi_ar",
+    "drop_eos",
     "mask_low_confidence",
     "mask_random",
     "num_transfer_tokens",
