@@ -26,7 +26,7 @@ DEFAULT_GRID: list[dict[str, Any]] = [
     {"name": "diffusion, 8 steps", "strategy": "diffusion", "steps": 8},
     {"name": "diffusion, 16 steps", "strategy": "diffusion", "steps": 16},
     {"name": "diffusion, 32 steps", "strategy": "diffusion", "steps": 32},
-    {"name": "diffusion, 32 steps, prefix cache", "strategy": "diffusion", "steps": 32, "prefix_cache": True},
+    {"name": "diffusion, 32 steps, static cache", "strategy": "diffusion", "steps": 32, "cache": "static"},
     {"name": "diffusion, 64 steps", "strategy": "diffusion", "steps": 64},
     {"name": "semi-AR, 4 blocks x 8 steps", "strategy": "semi-ar", "steps": 32, "num_blocks": 4},
     {"name": "threshold 0.9", "strategy": "threshold", "threshold": 0.9},

@@ -1,6 +1,6 @@
 """The masked-diffusion training objective and the autoregressive baseline's loss.
 
-Forward process (PAPERS.md sec. 2, LLaDA): for a clean response r0 (transcript tokens padded
+Forward process (docs/algorithms.md sec. 2, LLaDA): for a clean response r0 (transcript tokens padded
 with EOS), draw t ~ U(0, 1], mask each response token independently with probability
 p_mask = (1 - eps) * t + eps, never the prompt or the audio. The model predicts the masked
 tokens; the loss is the cross-entropy on masked positions only (Whisper-LLaDA eq. 3):

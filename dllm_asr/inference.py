@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import AudioError, SAMPLE_RATE, load_audio, read_blocks
+from .audio import MIN_SAMPLES, AudioError, SAMPLE_RATE, load_audio, read_blocks
 from .decoding import DecodeOptions, decode, deliberate, pack_priors
 from .encoders import ctc_greedy_decode
 from .config import DEFAULT_MODEL
@@ -75,7 +75,7 @@ def block_lengths(model: SpeechLLM, audios: Sequence[np.ndarray], options: Trans
 def decode_options(model: SpeechLLM, options: TranscribeOptions, **changes) -> DecodeOptions:
     """The DecodeOptions of a strategy (diffusion, semi-ar, threshold or prior)."""
     base = dict(mask_id=model.mask_id, eos_id=model.eos_id, steps=options.steps, temperature=options.temperature,
-                remasking=options.remasking, seed=options.seed, trace=options.trace)
+                remasking=options.remasking, seed=options.seed, trace=options.trace, numerics=options.numerics)
     if options.strategy == "semi-ar":
         base["num_blocks"] = min(options.num_blocks, options.steps)
     elif options.strategy == "threshold":
@@ -279,20 +279,27 @@ def join_windows(parts: list[tuple[Segment, Transcript]]) -> Transcript:
 
 def _transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions,
                         priors: Sequence[str] | None = None) -> list[Transcript]:
-    """`transcribe_batch` for clips no longer than one window."""
+    """`transcribe_batch` for clips no longer than one window. A clip under 20 ms (`MIN_SAMPLES`,
+    less than the encoder can take) gets an empty transcript, as a silent one does."""
     model.eval()
-    audio = model.encode_audio(audios)
+    out = [Transcript("", [], 0, 0) for _ in audios]
+    heard = [i for i, clip in enumerate(audios) if len(clip) >= MIN_SAMPLES]
+    if not heard:
+        return out
+    clips = [audios[i] for i in heard]
+    audio = model.encode_audio(clips)
     probs = model.no_speech_probs(audio) if options.no_speech_threshold is not None else None
-    out = [Transcript("", [], 0, 0, no_speech_prob=None if probs is None else float(probs[i])) for i in range(len(audios))]
-    speech = [i for i in range(len(audios)) if probs is None or float(probs[i]) <= options.no_speech_threshold]
+    for j, i in enumerate(heard):
+        out[i].no_speech_prob = None if probs is None else float(probs[j])
+    speech = [j for j in range(len(clips)) if probs is None or float(probs[j]) <= options.no_speech_threshold]
     if not speech:
         return out
     rows = torch.tensor(speech, device=audio.lengths.device)
-    decoded = decode_speech(model, [audios[i] for i in speech], audio.select(rows), options,
-                            None if priors is None else [priors[i] for i in speech])
-    for i, transcript in zip(speech, decoded):
-        transcript.no_speech_prob = out[i].no_speech_prob
-        out[i] = transcript
+    decoded = decode_speech(model, [clips[j] for j in speech], audio.select(rows), options,
+                            None if priors is None else [priors[heard[j]] for j in speech])
+    for j, transcript in zip(speech, decoded):
+        transcript.no_speech_prob = out[heard[j]].no_speech_prob
+        out[heard[j]] = transcript
     return out
 
 
@@ -305,7 +312,7 @@ def decode_speech(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioCo
         confidences = rows.confidences or [None] * len(rows)
         return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
                            truncated=len(r) >= max_new, confidences=c) for r, c in zip(rows, confidences)]
-    predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
+    predictor = model.mask_predictor(audio, cache=options.cache)
     if options.strategy == "prior":
         texts = list(priors) if priors is not None else model_priors(model, audios, audio, options)
         cap = max(1, model.config.max_response_tokens - options.margin)
@@ -360,7 +367,7 @@ def _deliberate(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence
     audio = model.encode_audio(audios)
     if not how.use_audio:
         audio = model.audio_free(audio)
-    predictor = model.mask_predictor(audio, prefix_cache=options.prefix_cache)
+    predictor = model.mask_predictor(audio, cache=options.cache)
     prior, lengths = tokenize_texts(model, priors)
     options = replace(options, strategy="diffusion")
     result = deliberate(predictor, prior, lengths, decode_options(model, options), how.mask, how.ratio, how.chunks,

@@ -1,6 +1,6 @@
 """Scoring: text normalisation, word error rate with an error report, and real-time factor.
 
-Conventions (docs: PAPERS.md section 5): reference and hypothesis are both passed through the
+Conventions (docs/algorithms.md section 5): reference and hypothesis are both passed through the
 same normaliser (Whisper's English normaliser by default), words are aligned by Levenshtein
 edit distance (jiwer), and the corpus WER is total edits / total reference words, not a mean of
 per-utterance rates. Every report names the normaliser that produced its number.

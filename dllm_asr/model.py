@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .audio import log_mel_batch
+from .block_cache import CACHE_MODES, BlockCachePredictor, SequenceCache, column_attention_mask
 from .config import ModelConfig
 from .decoders.base import position_ids_from_mask
 from .decoders.causal import GeneratedTokens, ar_generate
@@ -185,15 +186,23 @@ class SpeechLLM(SpeechModel):
         """Audio features (B, n_mels, T) + response tokens (B, L) -> response logits (B, L, V)."""
         return self.response_logits(self.encode(features, feature_lengths), tokens, lengths, causal)
 
-    def mask_predictor(self, audio: AudioContext, prefix_cache: bool = False) -> Callable[..., Tensor]:
+    def mask_predictor(self, audio: AudioContext, cache: str = "none") -> Callable[..., Tensor]:
         """A mask predictor for `dllm_asr.decoding.decode` with this batch's audio bound inside.
 
-        prefix_cache=True (Fast-dLLM, PAPERS.md 3d): the `[prompt | audio]` keys/values of every
-        layer are computed once here, and each call runs only the response positions against
-        them; the prefix then no longer sees the response (exact for a one-layer decoder only).
+        cache (docs/algorithms.md 3h): "none" recomputes everything at every step; "static" computes
+        the `[prompt | audio]` keys/values of every layer once here, without the response, and each
+        call runs only the response against them (exact for a one-layer decoder only); "prefix" and
+        "dual" are Fast-dLLM's block-wise caches (`dllm_asr.block_cache`), LLaDA decoders only.
         """
-        if prefix_cache:
+        if cache in ("prefix", "dual"):
+            if not hasattr(self.decoder, "forward_columns"):
+                raise ValueError(f"--cache {cache}: decoder {getattr(self.decoder, 'name', '?')} has no block cache "
+                                 "(the LLaDA and Whisper decoders have); use --cache static or none")
+            return BlockCachePredictor(SpeechLLMCacheBackend(self, audio), cache)
+        if cache == "static":
             return self._cached_mask_predictor(audio)
+        if cache != "none":
+            raise ValueError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
 
         def predict(tokens: Tensor, rows: Tensor, lengths: Tensor) -> Tensor:
             return self.response_logits(audio.select(rows.to(audio.lengths.device)), tokens, lengths)
@@ -202,7 +211,7 @@ class SpeechLLM(SpeechModel):
 
     def _cached_mask_predictor(self, audio: AudioContext) -> Callable[..., Tensor]:
         if not hasattr(self.decoder, "compute_prefix_cache"):
-            raise ValueError(f"prefix_cache: decoder {getattr(self.decoder, 'name', type(self.decoder).__name__)} "
+            raise ValueError(f"--cache static: decoder {getattr(self.decoder, 'name', type(self.decoder).__name__)} "
                              "does not support a prefix key/value cache")
         embeds, mask = self.prefix(audio)
         positions = position_ids_from_mask(mask)
@@ -270,3 +279,26 @@ def transcript_and_eos(ids: Tensor, text_lengths: Tensor) -> Tensor:
     """
     positions = torch.arange(ids.shape[1], device=ids.device)[None]
     return positions <= text_lengths.to(ids.device)[:, None]
+
+
+class SpeechLLMCacheBackend:
+    """`block_cache.CacheBackend` of a prefix-conditioned decoder (LLaDA): sequences are the
+    left-padded `[prompt | audio | response]` of `SpeechLLM.pack`, the response in the last columns."""
+
+    def __init__(self, model: SpeechLLM, audio: AudioContext):
+        self.model, self.audio, self.decoder = model, audio, model.decoder
+
+    def full_hidden(self, tokens: Tensor, rows: Tensor, lengths: Tensor) -> tuple[Tensor, SequenceCache]:
+        audio = self.audio.select(rows.to(self.audio.lengths.device))
+        embeds, mask, positions = self.model.pack(audio, self.decoder.embed(tokens), lengths)
+        hidden, keys, values = self.decoder.forward_kv(embeds, mask, positions)
+        first = embeds.shape[1] - tokens.shape[1]
+        return hidden[:, first:], SequenceCache(keys, values, mask, positions, first, 0, [], lengths)
+
+    def window_hidden(self, cache: SequenceCache, tokens: Tensor, columns: Tensor) -> Tensor:
+        ids = tokens.gather(1, (columns - cache.first).clamp(0, tokens.shape[1] - 1))
+        return self.decoder.forward_columns(self.decoder.embed(ids), cache.positions.gather(1, columns), columns,
+                                            cache.keys, cache.values, column_attention_mask(cache, columns))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.decoder.head(hidden)

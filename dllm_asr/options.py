@@ -13,6 +13,8 @@ from dataclasses import Field, dataclass
 STRATEGIES = ("diffusion", "semi-ar", "threshold", "prior", "ar")
 MASKINGS = ("random", "low-confidence", "semi-ar")
 REMASKINGS = ("low_confidence", "random")
+NUMERICS = ("exact", "reference")
+CACHES = ("none", "static", "prefix", "dual")
 OUTPUT_FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 """The transcript file formats `dllm_asr.outputs` writes (`--output-format`)."""
 
@@ -49,8 +51,14 @@ class TranscribeOptions:
     """AR strategy: beam width (1 = greedy)."""
     trace: bool = False
     """Keep the block after every step (for visualisation)."""
-    prefix_cache: bool = False
-    """Cache the prompt+audio keys/values once per batch (Fast-dLLM; approximate, faster)."""
+    numerics: str = "exact"
+    """How confidences are compared: exact (probabilities from a float32 normaliser in float64,
+    ties to the lower position: the same tokens in any model precision) or reference (softmax in
+    the model's precision and torch.topk's tie order, as LLaDA's and Whisper-LLaDA's code)."""
+    cache: str = "none"
+    """Key/value cache across steps (approximate, faster): none | static (the prompt+audio keys/values
+    once per batch) | prefix (Fast-dLLM: refreshed at each sub-block, everything before it cached) |
+    dual (Fast-dLLM: also the positions after the sub-block cached)."""
     window_seconds: float | None = None
     """Longest audio decoded in one piece: longer clips are cut at pauses and their windows'
     transcripts joined. None: the model's own (its config's window_seconds)."""
@@ -63,6 +71,10 @@ class TranscribeOptions:
             raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.remasking not in REMASKINGS:
             raise ValueError(f"--remasking must be one of {', '.join(REMASKINGS)}, got {self.remasking!r}")
+        if self.cache not in CACHES:
+            raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"--numerics must be one of {', '.join(NUMERICS)}, got {self.numerics!r}")
         for name in ("steps", "num_blocks", "num_beams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -77,9 +77,31 @@ class Job:
         return json.dumps([asdict(self.options), self.deliberation and asdict(self.deliberation[1])])
 
 
+LENGTH_RATIO = 2.0
+"""A batch's longest clip is at most this many times its shortest (above `SHORT_SECONDS`)."""
+SHORT_SECONDS = 5.0
+"""Clips up to this long share a batch whatever their lengths (each decodes in well under a second)."""
+
+
+def length_groups(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs split into groups of similar audio length, shortest group first: a job joins the
+    current group while it is within `LENGTH_RATIO` of the group's shortest clip or at most
+    `SHORT_SECONDS` long. A batch is answered when its slowest clip is decoded, so this keeps a
+    1-s request from waiting for a 25-s one."""
+    groups: list[list[Job]] = []
+    for job in sorted(jobs, key=lambda j: len(j.audio)):
+        seconds = len(job.audio) / SAMPLE_RATE
+        if groups and seconds <= max(SHORT_SECONDS, LENGTH_RATIO * len(groups[-1][0].audio) / SAMPLE_RATE):
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
 class Batcher:
     """One thread that owns the model and decodes queued jobs in batches: whatever arrives
-    within `max_wait_seconds` of the first job, up to `max_batch` jobs, grouped by options."""
+    within `max_wait_seconds` of the first job, up to `max_batch` jobs, grouped by options and
+    then by audio length (`length_groups`)."""
 
     def __init__(self, model, limits: ServerLimits) -> None:
         self.model, self.limits = model, limits
@@ -105,7 +127,8 @@ class Batcher:
             for job in batch:
                 groups.setdefault(job.key(), []).append(job)
             for jobs in groups.values():
-                self._decode(jobs)
+                for similar in length_groups(jobs):  # shortest first: short clips never wait for a long one
+                    self._decode(similar)
             if stop:
                 return
 

@@ -28,6 +28,7 @@ from .audio import log_mel_batch, zero_pad_frames_to_30s
 from .config import ModelConfig
 from .decoders.causal import GeneratedTokens
 from .decoders.whisper import CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask
+from .block_cache import CACHE_MODES, BlockCachePredictor, SequenceCache, column_attention_mask
 from .model import AudioContext, SpeechModel
 
 
@@ -148,19 +149,28 @@ class WhisperDiffusionASR(SpeechModel):
         `WhisperTokenizer.non_speech_ids`). Training keeps them: a reference may contain one."""
         return logits.index_fill_(-1, self.suppress_ids, float("-inf"))
 
-    def mask_predictor(self, audio: AudioContext, prefix_cache: bool = False) -> Callable[..., Tensor]:
+    def mask_predictor(self, audio: AudioContext, cache: str = "none") -> Callable[..., Tensor]:
         """A mask predictor for `dllm_asr.decoding.decode`. The encoder's keys/values of every
         cross-attention layer are computed once here and reused at every step (exact: they do
-        not depend on the response); `prefix_cache` has nothing more to cache for this model."""
+        not depend on the response), so "static" has nothing more to cache; "prefix" and "dual"
+        are Fast-dLLM's block-wise self-attention caches (`dllm_asr.block_cache`)."""
+        if cache not in CACHE_MODES:
+            raise ValueError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
         cross = self._cross(audio, self.decoder)
         selected: dict[tuple[int, ...], CrossCache] = {}  # the last row set's keys/values: it rarely changes
 
-        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor, positions: Tensor | None = None) -> Tensor:
+        def cross_of(rows: Tensor) -> CrossCache:
             key = tuple(rows.tolist())
             if key not in selected:
                 selected.clear()
                 selected[key] = cross.select(rows.to(cross.mask.device))
-            return self.suppress(self.response_logits(audio, tokens, lengths, cross=selected[key], positions=positions))
+            return selected[key]
+
+        if cache in ("prefix", "dual"):
+            return BlockCachePredictor(WhisperCacheBackend(self, cross_of), cache)
+
+        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor, positions: Tensor | None = None) -> Tensor:
+            return self.suppress(self.response_logits(audio, tokens, lengths, cross=cross_of(rows), positions=positions))
 
         predict.takes_positions = True  # only the positions still to decide are projected onto the vocabulary
         return predict
@@ -323,3 +333,34 @@ class ARSamples:
         if mine_ok != other_ok:
             return other_ok
         return other.avg_logprob(j) > self.avg_logprob(i)
+
+
+class WhisperCacheBackend:
+    """`block_cache.CacheBackend` of the adapted Whisper decoder: sequences are `[prompt | response]`
+    (audio enters through cross-attention), and the output at column P - 1 + j predicts token j."""
+
+    def __init__(self, model: WhisperDiffusionASR, cross_of: Callable[[Tensor], CrossCache]):
+        self.model, self.cross_of, self.decoder = model, cross_of, model.decoder
+
+    def _ids(self, tokens: Tensor) -> Tensor:
+        return torch.cat([self.model.prompt_ids[None].expand(tokens.shape[0], -1), tokens], dim=1)
+
+    def full_hidden(self, tokens: Tensor, rows: Tensor, lengths: Tensor) -> tuple[Tensor, SequenceCache]:
+        prompt, length = self.model.prompt_ids.shape[0], tokens.shape[1]
+        ids = self._ids(tokens)
+        positions = torch.arange(prompt + length, device=tokens.device)[None].expand(tokens.shape[0], -1)
+        mask = self.model._self_mask(prompt, length, lengths.to(tokens.device), causal=False)
+        hidden, present = self.decoder(ids, positions, mask, self.cross_of(rows))
+        keys_valid = mask[:, 0].any(dim=1)
+        cache = SequenceCache([k for k, _ in present], [v for _, v in present], keys_valid, positions,
+                              prompt - 1, 1, [], lengths)
+        return hidden[:, prompt - 1: prompt - 1 + length], cache
+
+    def window_hidden(self, cache: SequenceCache, tokens: Tensor, columns: Tensor) -> Tensor:
+        rows = torch.tensor(cache.rows, device=tokens.device)
+        cached = list(zip(cache.keys, cache.values))
+        return self.decoder.forward_columns(self._ids(tokens).gather(1, columns), cache.positions.gather(1, columns),
+                                            columns, cached, column_attention_mask(cache, columns), self.cross_of(rows))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.model.suppress(self.decoder.logits(hidden))

@@ -14,7 +14,7 @@ def test_qformer_shapes_match_paper_for_30_seconds():
     qformer = make_qformer(partial_window="drop")
     frames = torch.randn(1, 1500, 24)
     out, lengths = qformer(frames, torch.tensor([1500]))
-    # 1500 frames / 17 -> 88 windows x 4 queries = 352 embeddings (PAPERS.md sec. 1).
+    # 1500 frames / 17 -> 88 windows x 4 queries = 352 embeddings (docs/algorithms.md sec. 1).
     assert out.shape == (1, 352, 40)
     assert lengths.tolist() == [352]
 

@@ -44,8 +44,8 @@ def test_default_grid_covers_the_papers_axes():
     strategies = {run.get("strategy") for run in DEFAULT_GRID}
     assert {"diffusion", "semi-ar", "threshold", "prior"} <= strategies
     assert sorted(run["steps"] for run in DEFAULT_GRID if run.get("strategy") == "diffusion"
-                  and not run.get("prefix_cache")) == [1, 4, 8, 16, 32, 64]
-    assert any(run.get("prefix_cache") for run in DEFAULT_GRID)
+                  and not run.get("cache")) == [1, 4, 8, 16, 32, 64]
+    assert any(run.get("cache") for run in DEFAULT_GRID)
 
 
 def test_plot_rows_never_share_a_look():

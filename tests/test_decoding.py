@@ -1,4 +1,4 @@
-"""Diffusion decoding (PAPERS.md 3a-3d), batching and accounting, against hand-worked cases and an
+"""Diffusion decoding (docs/algorithms.md 3a-3d), batching and accounting, against hand-worked cases and an
 independent batch-size-1 re-statement of LLaDA's reference `generate`."""
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from dllm_asr.decoding import (
     block_bounds,
     commit_above_threshold,
     commit_most_confident,
+    commit_top_k,
     confidence_and_argmax,
     decode,
     num_transfer_tokens,
 )
-from dllm_asr.decoding.confidence import make_generator
+from dllm_asr.decoding.confidence import make_generator, probability_of
 from dllm_asr.decoding.mock import HashPredictor, TablePredictor
 
 V, MASK, EOS = 12, 11, 10
@@ -45,7 +46,7 @@ def commits_per_step(result, initial):
 
 # ---------------------------------------------------------------- reference re-statement
 
-def reference_generate(logits_of, length, steps, block_length, eos_stop=False):
+def reference_generate(logits_of, length, steps, block_length, eos_stop=False, model_precision=False):
     """LLaDA's generate at batch size 1, in plain Python, from the algorithm's description.
 
     Blocks of block_length left to right, steps // num_blocks steps each; a block's quota is its
@@ -53,7 +54,9 @@ def reference_generate(logits_of, length, steps, block_length, eos_stop=False):
     every position, and the k masked positions of the current block with the highest softmax
     probability of their argmax token commit (ties: lower position). With eos_stop, positions
     after the first EOS become EOS after a step, and a step with no mask left in its block is
-    skipped. Returns (tokens, positions committed by the model per forward pass, passes).
+    skipped. model_precision: the softmax in the logits' dtype and the k chosen by torch.topk over
+    the block's confidences (-inf elsewhere), ties as topk orders them. Returns (tokens, positions
+    committed by the model per forward pass, passes).
     """
     x = [MASK] * length
     num_blocks = length // block_length
@@ -69,9 +72,14 @@ def reference_generate(logits_of, length, steps, block_length, eos_stop=False):
                 continue
             logits = logits_of(x)
             passes += 1
-            probs = torch.softmax(logits.double(), dim=-1)
+            probs = torch.softmax(logits if model_precision else logits.double(), dim=-1)
             guess = {p: int(logits[p].argmax()) for p in candidates}
             ranked = sorted(candidates, key=lambda p: (-float(probs[p, guess[p]]), p))
+            if model_precision:
+                confidence = torch.full((length,), float("-inf"), dtype=probs.dtype)
+                for p in candidates:
+                    confidence[p] = probs[p, guess[p]]
+                ranked = torch.topk(confidence, k).indices.tolist()
             for p in ranked[:k]:
                 x[p] = guess[p]
             if eos_stop and EOS in x:
@@ -125,6 +133,81 @@ def test_matches_reference_with_eos_stop(seed):
         assert int(result.nfe[0]) == ref_passes
         fired += EOS in ref_tokens[:-1]
     assert fired > 20
+
+
+def reference_generate_batch_wide_eos(predictor, batch, length, steps):
+    """LLaDA's single-block `generate` over a batch, with its batch-wide EOS rule: after a step,
+    the first EOS committed in that step (first row, then first position) ends EVERY row there."""
+    x = torch.full((batch, length), MASK)
+    quota = [num_transfer_tokens(length, steps) for _ in range(batch)]
+    for step in range(steps):
+        if not (x == MASK).any():
+            break
+        logits = predictor(x, torch.arange(batch), torch.full((batch,), length))
+        committed = torch.zeros_like(x, dtype=torch.bool)
+        for r in range(batch):
+            probs = torch.softmax(logits[r].double(), dim=-1)
+            masked = [p for p in range(length) if x[r, p] == MASK]
+            guess = {p: int(logits[r, p].argmax()) for p in masked}
+            for p in sorted(masked, key=lambda p: (-float(probs[p, guess[p]]), p))[: quota[r][step]]:
+                x[r, p], committed[r, p] = guess[p], True
+        eos = (committed & (x == EOS)).nonzero()
+        if len(eos):
+            x[:, int(eos[0, 1]):] = EOS
+    return x
+
+
+def test_batch_wide_eos_equals_per_row_only_at_batch_size_one():
+    predictor = HashPredictor(V, MASK, seed=11)
+    predictor.position_table[:, EOS] += 2.5  # EOS often
+    for length in range(2, 9):
+        for steps in range(1, length + 1):
+            expected = reference_generate_batch_wide_eos(predictor, 1, length, steps)
+            assert decode(predictor, masks(1, length), options(steps=steps)).tokens.equal(expected), (length, steps)
+    # Two rows: row 0 ends at position 1 in step 2; the batch-wide rule cuts row 1 there too.
+    choice = torch.tensor([[5, EOS, 6, 7], [1, 2, 3, 4]])
+    conf = torch.tensor([[0.9, 0.8, 0.3, 0.2], [0.9, 0.8, 0.7, 0.6]], dtype=torch.float64)
+    batch_wide = reference_generate_batch_wide_eos(TablePredictor(choice, conf, V), 2, 4, 4)
+    assert batch_wide.tolist() == [[5, EOS, EOS, EOS], [1, EOS, EOS, EOS]]
+    per_row = decode(TablePredictor(choice, conf, V), masks(2, 4), options(steps=4))
+    assert per_row.tokens.tolist() == [[5, EOS, EOS, EOS], [1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reference_numerics_match_reference_generate_in_low_precision(dtype):
+    """Rounded to bf16/fp16, logits and probabilities tie often; "reference" numerics then commit
+    what LLaDA's code commits (softmax in that dtype, topk's tie order)."""
+    predictor = HashPredictor(V, MASK, seed=7)
+    predictor.position_table[1::2] = predictor.position_table[0:-1:2]  # pairs of positions tie at step 1
+    low = lambda tokens, rows, lengths: predictor(tokens, rows, lengths).to(dtype)  # noqa: E731
+    checked = ties = 0
+    for length, steps, block_length in accepted_combinations(max_length=8, max_steps=8):
+        logits_of = lambda x: predictor.row_logits(torch.tensor(x), 0).to(dtype)  # noqa: E731
+        ref_tokens, _, _ = reference_generate(logits_of, length, steps, block_length, model_precision=True)
+        opts = options(steps=steps, block_length=block_length, eos_early_stop=False, numerics="reference")
+        assert decode(low, masks(1, length), opts).tokens[0].tolist() == ref_tokens, (length, steps, block_length)
+        checked += 1
+        probs = torch.softmax(logits_of([MASK] * length), dim=-1).max(dim=-1).values
+        ties += probs.unique().numel() < length
+    assert checked > 60 and ties  # the first step alone already had tied confidences
+
+
+def test_commit_top_k_takes_k_per_row_and_never_a_non_candidate():
+    scores = torch.tensor([[0.5, 0.5, 0.5, float("-inf")], [0.1, 0.9, 0.3, 0.7]], dtype=torch.float64)
+    chosen = commit_top_k(scores, torch.tensor([2, 5]))
+    assert chosen.sum(dim=1).tolist() == [2, 4] and not chosen[0, 3]  # k beyond the candidates: all of them
+    distinct = torch.tensor([[0.2, 0.8, 0.5, 0.1]], dtype=torch.float64)
+    assert commit_top_k(distinct, torch.tensor([2])).equal(commit_most_confident(distinct, torch.tensor([2])))
+
+
+def test_model_precision_probability_is_the_softmax_in_the_logits_dtype():
+    logits = torch.tensor([[[2.0, 1.0, 0.5, -1.0]]], dtype=torch.bfloat16)
+    tokens = torch.tensor([[0]])
+    reference = torch.softmax(logits, dim=-1)[0, 0, 0]
+    assert float(probability_of(logits, tokens, model_precision=True)[0, 0]) == float(reference)
+    exact = torch.softmax(logits.double(), dim=-1)[0, 0, 0]
+    assert float(probability_of(logits, tokens)[0, 0]) == pytest.approx(float(exact), rel=1e-6)
+    assert float(reference) != pytest.approx(float(exact), rel=1e-6)  # bf16 rounding shows
 
 
 # ---------------------------------------------------------------- hand-worked cases

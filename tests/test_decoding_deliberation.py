@@ -1,4 +1,4 @@
-"""Deliberation of a prior transcript (Whisper-LLaDA 3.3.1, PAPERS.md 3e)."""
+"""Deliberation of a prior transcript (Whisper-LLaDA 3.3.1, docs/algorithms.md 3e)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Prior-guided adaptive decoding (dLLM-ASR, PAPERS.md 3f): verify, correct, early exit, pruning."""
+"""Prior-guided adaptive decoding (dLLM-ASR, docs/algorithms.md 3f): verify, correct, early exit, pruning."""
 from __future__ import annotations
 
 import pytest

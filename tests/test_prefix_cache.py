@@ -1,4 +1,4 @@
-"""The Fast-dLLM prefix key/value cache (PAPERS.md 3d): exact for one layer, approximate but
+"""The Fast-dLLM prefix key/value cache (docs/algorithms.md 3d): exact for one layer, approximate but
 batch-invariant and cheaper for more."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _response(model, lengths: list[int], seed: int = 0) -> torch.Tensor:
 def test_one_layer_cached_logits_equal_uncached(real_clips):
     model = _one_layer_model()
     audio = model.encode_audio(real_clips[:3])  # clips of different lengths: left padding differs per row
-    plain, cached = model.mask_predictor(audio), model.mask_predictor(audio, prefix_cache=True)
+    plain, cached = model.mask_predictor(audio), model.mask_predictor(audio, cache="static")
     for rows, lengths in (([0, 1, 2], [7, 5, 3]), ([2, 0], [4, 6])):
         rows_t, lengths_t = torch.tensor(rows), torch.tensor(lengths)
         tokens = _response(model, lengths)
@@ -49,9 +49,9 @@ def test_two_layers_approximate_but_decodes_and_is_batch_invariant(tiny_model, r
     rows, lengths = torch.tensor([0, 1]), torch.tensor([6, 6])
     tokens = _response(tiny_model, [6, 6])
     plain = tiny_model.mask_predictor(audio)(tokens, rows, lengths)
-    cached = tiny_model.mask_predictor(audio, prefix_cache=True)(tokens, rows, lengths)
+    cached = tiny_model.mask_predictor(audio, cache="static")(tokens, rows, lengths)
     assert not torch.allclose(plain, cached, atol=1e-6)  # the prefix no longer sees the response
-    options = TranscribeOptions(strategy="diffusion", steps=4, length=6, prefix_cache=True)
+    options = TranscribeOptions(strategy="diffusion", steps=4, length=6, cache="static")
     batched = transcribe_batch(tiny_model, real_clips, options)
     for clip, row in zip(real_clips, batched):
         assert row.nfe >= 1 and len(row.tokens) <= 6
@@ -66,7 +66,7 @@ def test_cached_steps_run_only_the_response_positions(tiny_model, real_clips):
         with torch.no_grad():
             audio = tiny_model.encode_audio(real_clips[:2])
             prefix_width = tiny_model.prefix(audio)[0].shape[1]
-            predict = tiny_model.mask_predictor(audio, prefix_cache=True)
+            predict = tiny_model.mask_predictor(audio, cache="static")
             for _ in range(3):
                 predict(_response(tiny_model, [5, 5]), torch.tensor([0, 1]), torch.tensor([5, 5]))
             tiny_model.mask_predictor(audio)(_response(tiny_model, [5, 5]), torch.tensor([0, 1]), torch.tensor([5, 5]))
@@ -81,8 +81,8 @@ def test_decoder_without_cache_support_is_a_clear_error(tiny_model, real_clips):
     tiny_model.decoder = torch.nn.Module()  # stands for a decoder with no prefix-cache methods
     tiny_model.decoder.name = "plain"
     try:
-        with pytest.raises(ValueError, match="prefix_cache"):
-            tiny_model.mask_predictor(audio, prefix_cache=True)
+        with pytest.raises(ValueError, match="--cache static"):
+            tiny_model.mask_predictor(audio, cache="static")
     finally:
         tiny_model.decoder = decoder
 

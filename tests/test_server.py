@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -93,6 +94,30 @@ def test_limits_key_and_bad_fields(tiny_model):
             answer = post(c, data=data)
             assert answer.status_code == 400 and message in answer.json()["error"]["message"], answer.text
         assert c.post("/v1/audio/transcriptions", data={"model": "x"}).status_code == 400  # no file
+
+
+def test_length_groups_keep_short_clips_apart_from_long_ones_shortest_first():
+    from dllm_asr.server import Job, length_groups
+
+    def job(seconds):
+        return Job(np.zeros(int(seconds * 16000), dtype=np.float32), TranscribeOptions(), None, None)
+
+    jobs = [job(s) for s in (25.0, 1.0, 4.9, 9.0, 0.5, 12.0, 30.0)]
+    groups = [[len(j.audio) / 16000 for j in group] for group in length_groups(jobs)]
+    assert groups == [[0.5, 1.0, 4.9], [9.0, 12.0], [25.0, 30.0]]  # <= 5 s together; then within 2x
+    assert length_groups([]) == []
+
+
+def test_a_long_clip_is_decoded_apart_from_short_ones(tiny_model, real_clips, tmp_path):
+    import soundfile
+
+    soundfile.write(tmp_path / "short.wav", real_clips[0], 16000)
+    soundfile.write(tmp_path / "long.wav", np.tile(real_clips[0], 4), 16000)  # 15.3 s
+    app = create_app(tiny_model, ServerLimits(max_wait_seconds=1.0, max_batch=4))
+    with TestClient(app) as c, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda p: post(c, p).status_code, [tmp_path / "short.wav", tmp_path / "long.wav"]))
+        sizes = app.state.batcher.batch_sizes
+    assert answers == [200, 200] and sizes == [1, 1]
 
 
 def test_concurrent_requests_are_decoded_together_each_getting_its_own_answer(tiny_model, real_clips, tmp_path):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..block_cache import scatter_columns
 from .base import DecoderLM, DecoderLoadError, attention_mask_4d, check_slice, resolve_dtype
 
 # Used only when config.json lacks the fields (they are the LLaDA-8B tokenizer's ids).
@@ -153,18 +154,25 @@ class LLaDABlock(nn.Module):
         self.ff_out = nn.Linear(hidden, d, bias=config.include_bias)
 
     def attention(self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  past: tuple[torch.Tensor, torch.Tensor] | None = None):
+                  past: tuple[torch.Tensor, torch.Tensor] | None = None, columns: torch.Tensor | None = None):
         """x (B, S, D) -> (output (B, S, D), this segment's keys and values (B, kv_heads, S, hd)).
 
         ``past``: cached keys/values (B, kv_heads, P, hd) of a prefix, placed before x's own;
-        mask is then (B, 1, S, P + S)."""
+        mask is then (B, 1, S, P + S). With ``columns`` (B, S), ``past`` holds whole sequences
+        (B, kv_heads, T, hd) and x's keys/values replace those columns (block caches; mask
+        (B, 1, S, T))."""
         batch, seq, _ = x.shape
         cfg = self.config
         q = self.q_proj(x).view(batch, seq, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
+        if past is None:
+            keys, values = k, v
+        elif columns is not None:
+            keys, values = scatter_columns(past[0], columns, k), scatter_columns(past[1], columns, v)
+        else:
+            keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if cfg.kv_heads != cfg.n_heads:  # grouped-query attention: kv head j serves a run of q heads
             group = cfg.n_heads // cfg.kv_heads
             keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
@@ -172,9 +180,9 @@ class LLaDABlock(nn.Module):
         return self.attn_out(out.transpose(1, 2).reshape(batch, seq, cfg.d_model)), (k, v)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                past: tuple[torch.Tensor, torch.Tensor] | None = None):
+                past: tuple[torch.Tensor, torch.Tensor] | None = None, columns: torch.Tensor | None = None):
         """h (B, S, D) -> (h (B, S, D), this segment's keys/values); see ``attention``."""
-        attended, key_values = self.attention(self.attn_norm(h), mask, cos, sin, past)
+        attended, key_values = self.attention(self.attn_norm(h), mask, cos, sin, past, columns)
         h = h + attended
         x = self.ff_norm(h)
         return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x)), key_values
@@ -270,13 +278,32 @@ class LLaDADecoder(DecoderLM):
                 position_ids: torch.Tensor, causal: bool = False, num_logits: int | None = None) -> torch.Tensor:
         """inputs_embeds (B, S, D), attention_mask (B, S) bool, position_ids (B, S) -> logits (B, S, V),
         or (B, num_logits, V) for the last `num_logits` positions only (the LM head is costly)."""
-        tr = self.model.transformer
+        h, _, _ = self.forward_kv(inputs_embeds, attention_mask, position_ids, causal)
+        return self.head(h if num_logits is None else h[:, h.shape[1] - num_logits:])
+
+    def forward_kv(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                   causal: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The last block's output (B, S, D), before ``head``, and every layer's keys and values
+        (B, kv_heads, S, hd) after RoPE."""
         mask = attention_mask_4d(attention_mask, causal).to(inputs_embeds.device)
         cos, sin = self._rope(position_ids, inputs_embeds)
+        h, keys, values = inputs_embeds, [], []
+        for block in self.model.transformer["blocks"]:
+            h, (k, v) = block(h, mask, cos, sin)
+            keys.append(k)
+            values.append(v)
+        return h, keys, values
+
+    def forward_columns(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, columns: torch.Tensor,
+                        keys: list[torch.Tensor], values: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Recompute the sequence columns ``columns`` (B, W) from their inputs (B, W, D) at
+        ``position_ids`` (B, W), against whole-sequence ``keys``/``values`` from ``forward_kv`` with
+        these columns' entries replaced at every layer; mask (B, 1, W, T). Returns (B, W, D) before ``head``."""
+        cos, sin = self._rope(position_ids, inputs_embeds)
         h = inputs_embeds
-        for block in tr["blocks"]:
-            h, _ = block(h, mask, cos, sin)
-        return self.head(h if num_logits is None else h[:, h.shape[1] - num_logits:])
+        for block, k, v in zip(self.model.transformer["blocks"], keys, values):
+            h, _ = block(h, mask, cos, sin, past=(k, v), columns=columns)
+        return h
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, S, D) -> logits (B, S, V)."""
@@ -295,13 +322,7 @@ class LLaDADecoder(DecoderLM):
         """Run the left-padded prefix (B, P, D) alone (bidirectional, key padding ``attention_mask``
         (B, P)) and keep every layer's keys/values. The prefix never sees the response: the
         Fast-dLLM approximation, exact for a one-layer network."""
-        mask = attention_mask_4d(attention_mask, causal=False).to(inputs_embeds.device)
-        cos, sin = self._rope(position_ids, inputs_embeds)
-        keys, values, h = [], [], inputs_embeds
-        for block in self.model.transformer["blocks"]:
-            h, (k, v) = block(h, mask, cos, sin)
-            keys.append(k)
-            values.append(v)
+        _, keys, values = self.forward_kv(inputs_embeds, attention_mask, position_ids)
         return PrefixCache(keys, values, attention_mask.bool(), attention_mask.long().sum(dim=1))
 
     def forward_with_prefix_cache(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from transformers import WhisperConfig
 from transformers.models.whisper import modeling_whisper
 
+from ..block_cache import scatter_columns
 from .base import DecoderLoadError
 
 
@@ -180,16 +182,35 @@ class WhisperTextDecoder(nn.Module):
         positions (AR decoding with a KV cache), or None. Returns hidden (B, S, D) and the
         per-layer keys/values including these positions.
         """
-        x = self.embed(ids, positions)
+        def after_past(index: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+            if past is None:
+                return keys, values
+            return torch.cat([past[index][0], keys], dim=2), torch.cat([past[index][1], values], dim=2)
+
+        return self._layers(self.embed(ids, positions), self_mask, cross, after_past)
+
+    def forward_columns(self, ids: Tensor, positions: Tensor, columns: Tensor, cached: list[tuple[Tensor, Tensor]],
+                        self_mask: Tensor, cross: CrossCache) -> Tensor:
+        """Recompute the sequence columns ``columns`` (B, W) (inputs ``ids``, ``positions`` (B, W))
+        against whole-sequence self-attention keys/values ``cached`` (from ``forward``) with these
+        columns' entries replaced at every layer (block caches); self_mask (B, 1, W, T).
+        Returns hidden (B, W, D) after the final norm."""
+        def in_place_of_columns(index: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+            return scatter_columns(cached[index][0], columns, keys), scatter_columns(cached[index][1], columns, values)
+
+        return self._layers(self.embed(ids, positions), self_mask, cross, in_place_of_columns)[0]
+
+    def _layers(self, x: Tensor, self_mask: Tensor, cross: CrossCache,
+                self_keys: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
+                ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The layer stack over embedded inputs x (B, S, D); `self_keys(layer index, keys, values)`
+        gives the self-attention keys/values the queries see, from x's own (B, H, S, hd)."""
         dropout = self.config.dropout if self.training else 0.0
         present = []
         for index, layer in enumerate(self.layers):
             normed = layer.self_attn_layer_norm(x)
             attention = layer.self_attn
-            keys, values = self._heads(attention.k_proj(normed)), self._heads(attention.v_proj(normed))
-            if past is not None:
-                keys = torch.cat([past[index][0], keys], dim=2)
-                values = torch.cat([past[index][1], values], dim=2)
+            keys, values = self_keys(index, self._heads(attention.k_proj(normed)), self._heads(attention.v_proj(normed)))
             present.append((keys, values))
             context = F.scaled_dot_product_attention(self._heads(attention.q_proj(normed)), keys, values,
                                                      attn_mask=self_mask)

@@ -1,13 +1,13 @@
 """Decoding strategies for masked-diffusion LMs over a common mask-predictor interface.
 
-PAPERS.md section 3: diffusion decoding (a), semi-autoregressive blocks (b), per-row EOS early
+docs/algorithms.md section 3: diffusion decoding (a), semi-autoregressive blocks (b), per-row EOS early
 stop (c), confidence-threshold parallel decoding (d), deliberation of a prior transcript (e)
 and prior-guided adaptive decoding (f). Nothing here knows about networks: a predictor is any
 callable(tokens (B', L'), rows (B',), lengths (B',)) -> logits (B', L', V).
 """
 from __future__ import annotations
 
-from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident
+from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident, commit_top_k
 from .confidence import confidence_and_argmax
 from .deliberation import deliberate, deliberate_semi_ar, drop_eos, mask_low_confidence, mask_random
 from .engine import decode
@@ -27,6 +27,7 @@ __all__ = [
     "build_prior_block",
     "commit_above_threshold",
     "commit_most_confident",
+    "commit_top_k",
     "confidence_and_argmax",
     "decode",
     "deliberate",

@@ -1,6 +1,6 @@
 """Which masked positions commit at a step, and the per-row EOS early stop.
 
-PAPERS.md 3a (top-k by confidence), 3d (confidence threshold), 3c (EOS early stop).
+docs/algorithms.md 3a (top-k by confidence), 3d (confidence threshold), 3c (EOS early stop).
 All functions take `scores` (B, L) float with -inf at positions that may not commit.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ def rank_descending(scores: Tensor) -> Tensor:
 
 
 def commit_most_confident(scores: Tensor, k: Tensor) -> Tensor:
-    """BoolTensor (B, L): the k[i] best-scored candidates of each row (PAPERS.md 3a).
+    """BoolTensor (B, L): the k[i] best-scored candidates of each row (docs/algorithms.md 3a).
 
     k: LongTensor (B,). Never selects a -inf (non-candidate) position, so k larger than a row's
     candidate count commits all of them.
@@ -27,8 +27,19 @@ def commit_most_confident(scores: Tensor, k: Tensor) -> Tensor:
     return candidates & (rank_descending(scores) < k.to(scores.device)[:, None])
 
 
+def commit_top_k(scores: Tensor, k: Tensor) -> Tensor:
+    """BoolTensor (B, L): each row's k[i] best candidates as `torch.topk` picks them, ties in its
+    order, as LLaDA's reference loop (`numerics="reference"`); otherwise `commit_most_confident`."""
+    chosen = torch.zeros_like(scores, dtype=torch.bool)
+    candidates = (scores > float("-inf")).sum(dim=1)
+    for row, count in enumerate(torch.minimum(k.to(scores.device), candidates).tolist()):
+        if count:
+            chosen[row, torch.topk(scores[row], count).indices] = True
+    return chosen
+
+
 def commit_above_threshold(scores: Tensor, threshold: float) -> Tensor:
-    """BoolTensor (B, L): Fast-dLLM parallel commit (PAPERS.md 3d).
+    """BoolTensor (B, L): Fast-dLLM parallel commit (docs/algorithms.md 3d).
 
     Every candidate with score >= threshold, and always each row's single best candidate, so a
     step commits at least one token in every row that has a candidate.
@@ -49,7 +60,7 @@ def first_true(flags: Tensor) -> Tensor:
 
 
 def apply_eos_stop(tokens: Tensor, lengths: Tensor, eos_id: int) -> Tensor:
-    """Per-row EOS early stop (PAPERS.md 3c): positions after a row's first EOS become EOS.
+    """Per-row EOS early stop (docs/algorithms.md 3c): positions after a row's first EOS become EOS.
 
     tokens: (B, L); lengths: (B,) with positions >= lengths[i] left alone (padding). Masks before
     the first EOS stay masked and are still decoded. Returns a new tensor.

@@ -1,6 +1,6 @@
 """Masked-diffusion decoding: LLaDA's low-confidence remasking, semi-AR blocks, Fast-dLLM threshold.
 
-PAPERS.md 3a-3d. Every row keeps its own schedule (`RowSchedule`), so rows of different
+docs/algorithms.md 3a-3d. Every row keeps its own schedule (`RowSchedule`), so rows of different
 lengths, at different sub-blocks or finished early share one forward pass per step; only the
 rows still decoding are sent to the predictor.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident
+from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident, commit_top_k
 from .confidence import predict_positions
 from .options import DecodeOptions
 from .predictor import MaskPredictor
@@ -26,7 +26,7 @@ def fill_padding(tokens: Tensor, lengths: Tensor, value: int) -> Tensor:
 
 
 def window_mask(windows: list[Window], width: int, device: torch.device) -> Tensor:
-    """BoolTensor (B', width): True inside each row's current sub-block [lo, hi) (PAPERS.md 3b).
+    """BoolTensor (B', width): True inside each row's current sub-block [lo, hi) (docs/algorithms.md 3b).
 
     Positions right of the sub-block get -inf scores through this mask, so they never commit early.
     """
@@ -41,6 +41,8 @@ def choose_commits(scores: Tensor, windows: list[Window], options: DecodeOptions
     if options.threshold is not None:
         return commit_above_threshold(scores, options.threshold)
     quota = torch.tensor([w[2] for w in windows], dtype=torch.long, device=scores.device)
+    if options.numerics == "reference":
+        return commit_top_k(scores, quota)
     return commit_most_confident(scores, quota)
 
 
@@ -65,9 +67,10 @@ def diffusion_step(
     block = tokens[row_index, :width]
     masked = block == options.mask_id
     candidates = masked & window_mask(windows, width, tokens.device)
+    bounds = torch.tensor([w[:2] for w in windows], dtype=torch.long, device=tokens.device)
     predicted, scores, probs, generator = predict_positions(
         predictor, block, row_index, row_lengths, candidates, options.temperature, options.remasking,
-        generator, options.mask_id, options.seed
+        generator, options.mask_id, options.seed, model_precision=options.numerics == "reference", windows=bounds
     )
     chosen = choose_commits(scores, windows, options)
     log.record_confidence(row_index, chosen, probs)
@@ -85,7 +88,7 @@ def decode_diffusion(
     """Decode every mask of `init` (B, L) within `lengths` (B,); see `dllm_asr.decoding.decode`.
 
     Loop: each unfinished row asks its schedule for its window and quota, the active rows share
-    one forward pass, each commits its share; a row leaves when it holds no mask (PAPERS.md 3c).
+    one forward pass, each commits its share; a row leaves when it holds no mask (docs/algorithms.md 3c).
     """
     tokens = fill_padding(init.clone(), lengths, options.eos_id)
     if options.eos_early_stop:

@@ -1,4 +1,4 @@
-"""The one entry point: `decode(predictor, init, options, lengths)` (PAPERS.md section 3)."""
+"""The one entry point: `decode(predictor, init, options, lengths)` (docs/algorithms.md section 3)."""
 from __future__ import annotations
 
 import torch
@@ -38,7 +38,7 @@ def decode(
 
     predictor: callable(tokens (B', L'), rows (B',), lengths (B',)) -> logits (B', L', V), see
         docs/architecture.md; wrap a plain tokens -> logits function with `as_mask_predictor`.
-    init: LongTensor (B, L). Diffusion decoding (PAPERS.md 3a-3d): `options.mask_id` at undecided
+    init: LongTensor (B, L). Diffusion decoding (docs/algorithms.md 3a-3d): `options.mask_id` at undecided
         positions, other tokens are committed and never change (deliberation, 3e, passes a
         partly masked prior). Prior-guided decoding (3f, `options.prior_guided`): the prior token
         ids, which are re-predicted and may be replaced; `options.margin` masks are appended.

@@ -1,10 +1,11 @@
-"""Decoding options: one frozen dataclass shared by every strategy (PAPERS.md section 3)."""
+"""Decoding options: one frozen dataclass shared by every strategy (docs/algorithms.md section 3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from numbers import Integral
 
 REMASKING_CHOICES = ("low_confidence", "random")
+NUMERICS_CHOICES = ("exact", "reference")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class DecodeOptions:
     """Token id of end-of-sequence; the response of a row ends before its first EOS (LLaDA: 126081)."""
 
     steps: int = 64
-    """Diffusion: total denoising steps N over the whole block (PAPERS.md 3a). Semi-AR: split over the
+    """Diffusion: total denoising steps N over the whole block (docs/algorithms.md 3a). Semi-AR: split over the
     sub-blocks (3b). Prior-guided: the maximum number of passes (3f). Ignored by threshold decoding,
     whose step count adapts (3d)."""
 
@@ -31,23 +32,29 @@ class DecodeOptions:
     ceil(n / block_length) sub-blocks, the last one possibly shorter. Exclusive with `num_blocks`."""
 
     num_blocks: int | None = None
-    """Semi-AR number of sub-blocks M (PAPERS.md 3b); a row of length n is cut at (j * n) // M.
+    """Semi-AR number of sub-blocks M (docs/algorithms.md 3b); a row of length n is cut at (j * n) // M.
     Exclusive with `block_length`. Neither set: one block (plain diffusion decoding)."""
 
     temperature: float = 0.0
     """0 = greedy argmax. > 0: Gumbel noise (float64) on the logits picks the token; the confidence
-    still comes from the un-noised softmax (PAPERS.md 3a)."""
+    still comes from the un-noised softmax (docs/algorithms.md 3a)."""
 
     remasking: str = "low_confidence"
     """Which masked positions commit first: "low_confidence" (highest softmax confidence of the
     chosen token) or "random" (uniform scores)."""
 
     threshold: float | None = None
-    """Fast-dLLM confidence threshold tau in (0, 1] (PAPERS.md 3d): per step commit every masked token
+    """Fast-dLLM confidence threshold tau in (0, 1] (docs/algorithms.md 3d): per step commit every masked token
     with confidence >= tau and always the single most confident one. None = fixed step schedule."""
 
+    numerics: str = "exact"
+    """How confidences are computed and compared (docs/algorithms.md, "Numerics"). "exact": the
+    chosen token's probability from a float32 normaliser, in float64, ties to the lower position
+    (decisions do not depend on the model's precision). "reference": softmax in the logits' own
+    dtype and `torch.topk`'s order among ties, as LLaDA's `generate` and Whisper-LLaDA's code."""
+
     eos_early_stop: bool = True
-    """Per-row EOS early stop (PAPERS.md 3c): after a commit, every position after the row's first EOS
+    """Per-row EOS early stop (docs/algorithms.md 3c): after a commit, every position after the row's first EOS
     becomes EOS; a row with nothing left to decode is finished and leaves the predictor's batch."""
 
     trace: bool = False
@@ -57,7 +64,7 @@ class DecodeOptions:
     """Seed of the torch.Generator behind Gumbel noise and random remasking (None: unseeded)."""
 
     prior_guided: bool = False
-    """Prior-guided adaptive decoding (dLLM-ASR, PAPERS.md 3f): `init` holds prior token ids whose
+    """Prior-guided adaptive decoding (dLLM-ASR, docs/algorithms.md 3f): `init` holds prior token ids whose
     non-mask tokens are unverified guesses the model re-predicts, instead of committed tokens."""
 
     margin: int = 0
@@ -108,6 +115,8 @@ def _check_options(o: DecodeOptions) -> None:
         _fail("temperature", f"must be >= 0, got {o.temperature}")
     if o.remasking not in REMASKING_CHOICES:
         _fail("remasking", f"must be one of {REMASKING_CHOICES}, got {o.remasking!r}")
+    if o.numerics not in NUMERICS_CHOICES:
+        _fail("numerics", f"must be one of {NUMERICS_CHOICES}, got {o.numerics!r}")
     if o.threshold is not None and not 0 < o.threshold <= 1:
         _fail("threshold", f"must be in (0, 1], got {o.threshold}")
     if o.threshold is not None and o.remasking != "low_confidence":

@@ -1,4 +1,4 @@
-"""Prior-guided adaptive decoding (dLLM-ASR, PAPERS.md 3f) and helpers to pack prior transcripts.
+"""Prior-guided adaptive decoding (dLLM-ASR, docs/algorithms.md 3f) and helpers to pack prior transcripts.
 
 How prior tokens are treated (the papers leave it open; this is our rule):
 - The block of row i is its prior (n_i tokens; [MASK] allowed, e.g. for unsure CTC frames)
@@ -86,7 +86,7 @@ def prune_after_eos(tokens: Tensor, exited: Tensor, lengths: Tensor, eos_id: int
 def decode_prior_guided(
     predictor: MaskPredictor, prior: Tensor, options: DecodeOptions, prior_lengths: Tensor
 ) -> DecodeResult:
-    """Verify/correct/extend a prior transcript per row (PAPERS.md 3f); see the module docstring.
+    """Verify/correct/extend a prior transcript per row (docs/algorithms.md 3f); see the module docstring.
 
     prior: LongTensor (B, L0), prior_lengths: (B,). Returns a result over the (B, L0 + margin)
     block; `block_lengths` holds each row's pruned length.

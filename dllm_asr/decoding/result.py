@@ -60,7 +60,7 @@ def response_lengths(tokens: Tensor, block_lengths: Tensor, eos_id: int) -> Tens
 
 @dataclass
 class StepLog:
-    """Accumulates per-row accounting while a decode loop runs (PAPERS.md 3: cost per strategy)."""
+    """Accumulates per-row accounting while a decode loop runs (docs/algorithms.md 3: cost per strategy)."""
 
     batch_size: int
     keep_trace: bool = False

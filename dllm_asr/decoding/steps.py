@@ -1,6 +1,6 @@
 """Step schedules: how many tokens commit at each step, and which sub-block a row is in.
 
-PAPERS.md 3a (tokens per step) and 3b (semi-autoregressive sub-blocks).
+docs/algorithms.md 3a (tokens per step) and 3b (semi-autoregressive sub-blocks).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def split_evenly(total: int, parts: int) -> list[int]:
 
 
 def num_transfer_tokens(mask_count: int, steps: int) -> list[int]:
-    """Tokens to commit at each of a block's `steps` steps (PAPERS.md 3a).
+    """Tokens to commit at each of a block's `steps` steps (docs/algorithms.md 3a).
 
     LLaDA's linear noise schedule commits the same expected number per step: the block's mask
     count split evenly, the first `mask_count % steps` steps taking one extra. Trailing zeros
@@ -30,7 +30,7 @@ def num_transfer_tokens(mask_count: int, steps: int) -> list[int]:
 
 
 def block_bounds(length: int, options: DecodeOptions) -> list[tuple[int, int]]:
-    """Half-open sub-blocks [lo, hi) of a row of `length` positions, left to right (PAPERS.md 3b).
+    """Half-open sub-blocks [lo, hi) of a row of `length` positions, left to right (docs/algorithms.md 3b).
 
     num_blocks M: cut at (j * length) // M (equal blocks when M divides the length, as in LLaDA);
     block_length b: [0, b), [b, 2b), ... with a shorter last block; neither: one block.
@@ -60,7 +60,7 @@ def steps_per_block(steps: int, num_blocks: int) -> list[int]:
 class RowSchedule:
     """Where one row stands: its sub-blocks, the current one, and the step inside it.
 
-    adaptive=True is threshold decoding (PAPERS.md 3d): a block takes as many steps as it needs.
+    adaptive=True is threshold decoding (docs/algorithms.md 3d): a block takes as many steps as it needs.
     """
 
     blocks: list[tuple[int, int]]
