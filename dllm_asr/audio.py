@@ -50,6 +50,9 @@ N_SAMPLES_30S = CHUNK_SECONDS * SAMPLE_RATE  # 480 000
 N_FRAMES_30S = N_SAMPLES_30S // HOP_LENGTH  # 3000
 LOG_FLOOR = 1e-10
 DYNAMIC_RANGE = 8.0  # log10 units, i.e. 80 dB
+MIN_SAMPLES = 2 * HOP_LENGTH
+"""The shortest clip a model transcribes (20 ms): Whisper's encoder halves the log-mel frames, so
+it needs two to give one. `read_blocks` refuses a shorter file with an AudioError naming it."""
 
 # Extensions libsndfile reads reliably; everything else (mp3, m4a, opus, video...) goes to ffmpeg.
 SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au"}
@@ -220,7 +223,8 @@ def read_blocks(path: str | os.PathLike, block_seconds: float = 60.0) -> Iterato
     when ffmpeg is missing, is read by `load_audio` and comes as one block. Longer files stream:
     16 kHz files soundfile reads, block by block; everything else through an ffmpeg pipe.
     `path` "-" reads standard input through ffmpeg. Raises AudioError as `load_audio` does (a
-    stream that fails midway raises after the blocks it gave).
+    stream that fails midway raises after the blocks it gave), and for a file shorter than
+    `MIN_SAMPLES`, too short to transcribe.
     """
     block = max(1, int(block_seconds * SAMPLE_RATE))
     if str(path) == STDIN:
@@ -230,12 +234,12 @@ def read_blocks(path: str | os.PathLike, block_seconds: float = 60.0) -> Iterato
     info = _soundfile_info(path)
     readable = path.is_file() and path.stat().st_size > 0
     if info is None and (not readable or path.suffix.lower() in SOUNDFILE_EXTENSIONS):
-        yield load_audio(path)  # its error, or a header soundfile rejects and ffmpeg may rescue
+        yield long_enough(load_audio(path), path)  # its error, or a header soundfile rejects and ffmpeg may rescue
     elif info is None:
         yield from _stream_with_ffmpeg(path, block)
     elif info.frames * SAMPLE_RATE <= block * info.samplerate or (
             info.samplerate != SAMPLE_RATE and shutil.which("ffmpeg") is None):
-        yield load_audio(path)
+        yield long_enough(load_audio(path), path)
     elif info.samplerate == SAMPLE_RATE:
         for samples in soundfile.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
             yield finite(samples.mean(axis=1), path)
@@ -268,6 +272,21 @@ def _stream_with_ffmpeg(path: Path | str, block: int) -> Iterator[np.ndarray]:
             raise _ffmpeg_error(path, stderr)
     if count == 0:
         raise AudioError(f"audio file contains no samples: {path}")
+    if count < MIN_SAMPLES:  # after its blocks, but before a window of them is decoded
+        raise too_short(path, count)
+
+
+def long_enough(samples: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """`samples`, or AudioError naming `path` when they are fewer than `MIN_SAMPLES` (a 10-ms
+    clip would otherwise fail inside the encoder, and take the clips batched with it along)."""
+    if len(samples) < MIN_SAMPLES:
+        raise too_short(path, len(samples))
+    return samples
+
+
+def too_short(path: str | os.PathLike, count: int) -> AudioError:
+    return AudioError(f"audio file {path} is too short to transcribe: {1000 * count / SAMPLE_RATE:g} ms "
+                      f"(the least is {1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms)")
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

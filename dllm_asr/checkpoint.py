@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -59,11 +60,23 @@ def save_model(model: nn.Module, directory: str | Path, train_state: dict[str, A
     return directory
 
 
-def load_deltas(model: nn.Module, directory: str | Path) -> None:
-    """Load trained deltas into `model`; every stored tensor must match a parameter exactly."""
+def check_weights(directory: str | Path) -> Path:
+    """The checkpoint's weights file, once its header says it is whole (cheap: no tensor is read),
+    so a missing or truncated file is reported before the model is built; else a ValueError naming it."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise ValueError(f"{directory}: not a dllm-asr checkpoint (no {WEIGHTS_FILE})")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise ValueError(f"{path}: unreadable safetensors file ({err})") from None
+    return path
+
+
+def load_deltas(model: nn.Module, directory: str | Path) -> None:
+    """Load trained deltas into `model`; every stored tensor must match a parameter exactly."""
+    path = check_weights(directory)
     try:
         stored = load_file(str(path))
     except Exception as err:  # safetensors raises several types for a damaged file

@@ -22,8 +22,13 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_MODEL
-from .options import (DELIBERATION_RULES, MASKINGS, OUTPUT_FORMATS, REMASKINGS, STRATEGIES, DeliberationOptions,
+from .options import (CACHES, DELIBERATION_RULES, MASKINGS, NUMERICS, OUTPUT_FORMATS, REMASKINGS, STRATEGIES,
+                      DeliberationOptions,
                       TranscribeOptions, field_help, field_type)
+
+
+CHOICES = {"strategy": STRATEGIES, "remasking": REMASKINGS, "numerics": NUMERICS, "cache": CACHES}
+"""The decoding flags that take one of a fixed set of values."""
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +44,8 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         # SUPPRESS: a flag not given leaves the model's own setting (ModelConfig.decoding), else the default
         flag, settings = "--" + f.name.replace("_", "-"), {"default": argparse.SUPPRESS}
         settings["help"] = f"{helps.get(f.name, '')} (default: the model's own, else {f.default})"
-        if f.name == "strategy":
-            parser.add_argument(flag, choices=STRATEGIES, **settings)
-        elif f.name == "remasking":
-            parser.add_argument(flag, choices=REMASKINGS, **settings)
+        if f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], **settings)
         elif isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **settings)
         else:
@@ -91,17 +94,23 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .inference import transcribe_files
 
     transcribe_options(args)  # bad flags fail here, before the model loads
-    files = expand_audio_paths(args.files)
+    files, unusable = [], 0
+    for given in args.files:  # a folder, pattern or manifest that names no audio is reported; the rest go on
+        try:
+            files += expand_audio_paths([given])
+        except ValueError as err:
+            unusable += 1
+            print(f"error: {err}", file=sys.stderr)
     missing = [f for f in files if f != STDIN and not Path(f).is_file()]
     for path in missing:  # reported now, not after tens of seconds of model loading
         print(f"error: audio file not found: {path}", file=sys.stderr)
     absent = set(missing)
     files = [f for f in files if f not in absent]
     if not files:
-        return 1
+        return 2 if unusable else 1
     model = open_model(args)
     options = transcribe_options(args, model)
-    failures = len(missing)
+    failures = len(missing) + unusable
     show = print_segment if args.verbose else None
     for result in transcribe_files(model, files, options, batch_size=args.batch_size, on_segment=show):
         if result.error:
@@ -166,8 +175,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     transcribe_options(args)  # bad flags fail before the model loads
     deliberation = deliberation_options(args)
     model = open_model(args)
-    report = evaluate_model(model, args.data, transcribe_options(args, model), max_utterances=args.max_utterances,
-                            batch_size=args.batch_size, deliberation=deliberation)
+    skips = SkipCounter()
+    logging.getLogger("dllm_asr.data").addHandler(skips)
+    try:
+        report = evaluate_model(model, args.data, transcribe_options(args, model), max_utterances=args.max_utterances,
+                                batch_size=args.batch_size, deliberation=deliberation)
+    finally:
+        logging.getLogger("dllm_asr.data").removeHandler(skips)
+    if not report.hyps:  # not "WER 0.00%" over nothing
+        named = " (each is named above)" if skips.count else ""
+        raise ValueError(f"{args.data}: no utterance could be decoded{named}")
     report.write(args.out)
     print(report.summary())
     if args.audio_gain:
@@ -175,7 +192,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"audio gain {swapped - matched:.3f} nats/token (loss {matched:.3f} with each clip's own "
               f"audio, {swapped:.3f} with another's; {clips} clips)")
     print(f"wrote {args.out}/hyps.jsonl, errors.jsonl, report.md")
-    return 0
+    return 1 if skips.count else 0  # the report scores the usable utterances; the status says some were not
+
+
+class SkipCounter(logging.Handler):
+    """Counts the manifest lines and clips a command skipped: `dllm_asr.data` logs each as one warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -231,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dllm-asr", description="Speech recognition with diffusion LLM decoders")
     parser.add_argument("--version", action="version", version=f"dllm-asr {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcribe", help="transcribe audio files")
@@ -320,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
             # -v after the command too; SUPPRESS keeps a -v given before it
             command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                                  help="log what the library does (INFO level); transcribe: print each segment as it is decoded")
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show the traceback of an error, not just its one line")
             command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
 
@@ -356,8 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"dllm-asr {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # one line naming what is wrong; --debug: the traceback
+        if args.debug:
+            raise
+        what = "" if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: "
+        print(f"dllm-asr {args.command}: error: {what}{err}".splitlines()[0], file=sys.stderr)
         return 2
 
 

@@ -333,6 +333,11 @@ def load_clip(utt: Utterance, sample_rate: int = 16000, load_fn: LoadFn | None =
     if clip.size == 0:
         raise DataError(f"{label}: empty audio (0 samples from offset {utt.offset}s; file has "
                         f"{len(wave) / sample_rate:.3f}s)")
+    from dllm_asr.audio import MIN_SAMPLES, SAMPLE_RATE
+
+    if clip.size * SAMPLE_RATE < MIN_SAMPLES * sample_rate:  # the encoder would fail, and its batch with it
+        raise DataError(f"{label}: audio too short to transcribe ({1000 * clip.size / sample_rate:g} ms; "
+                        f"the least is {1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms)")
     return clip
 
 

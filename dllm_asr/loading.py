@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
+from . import __version__
 from .adapters import build_adapter
-from .checkpoint import CONFIG_FILE, load_deltas, recover_interrupted_swap
+from .checkpoint import CONFIG_FILE, check_weights, load_deltas, recover_interrupted_swap
 from .config import DEFAULT_MODEL, ModelConfig
 from .decoders import load_decoder
 from .decoders.base import resolve_dtype
@@ -104,6 +107,25 @@ def resolve_model_dir(path_or_name: str | Path) -> Path:
                      f"(shipped: {', '.join(names) or 'none yet'})")
 
 
+def load_config(path: Path) -> ModelConfig:
+    """A checkpoint's config.json; any problem is one ValueError naming the file, fields this
+    version does not know (a config from another version of dllm-asr) included."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable dllm-asr model config ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a dllm-asr model config (a JSON object expected)")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; a config from another version of "
+                         f"dllm-asr? (this is {__version__})")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
 def load_model(path_or_name: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu",
                dtype: torch.dtype | str = torch.float32) -> SpeechLLM:
     """Load a trained SpeechLLM: its config rebuilds the model, its deltas are loaded on top.
@@ -114,7 +136,8 @@ def load_model(path_or_name: str | Path = DEFAULT_MODEL, device: str | torch.dev
     directory = resolve_model_dir(path_or_name)
     if not (directory / CONFIG_FILE).is_file():
         raise ValueError(f"{directory}: not a dllm-asr checkpoint (no {CONFIG_FILE})")
-    config = ModelConfig.load(directory / CONFIG_FILE)
+    config = load_config(directory / CONFIG_FILE)
+    check_weights(directory)  # missing or truncated: said now, not after the base model is built
     model = build_model(config, device=device, dtype=dtype)
     load_deltas(model, directory)
     return model.eval()

@@ -241,3 +241,11 @@ def test_cli_reads_standard_input_prints_segments_with_v_and_writes_confidences(
     segment = record["segments"][0]
     assert segment["confidence"] == pytest.approx(sum(record["token_confidences"]) / 4)
     assert f"- [00:00.{round(segment['start'] * 1000):03d} --> 00:0{segment['end']:.3f}] {text}" in done.stderr
+
+
+def test_a_clip_too_short_for_the_encoder_gets_an_empty_transcript_and_spares_the_batch(tiny_model, real_clips):
+    tiny = np.zeros(160, dtype=np.float32)  # 10 ms: fewer frames than the encoder takes
+    options = TranscribeOptions(steps=2, length=4)
+    out = transcribe_batch(tiny_model, [tiny, real_clips[0]], options)
+    assert out[0].text == "" and out[0].tokens == [] and out[0].nfe == 0
+    assert out[1].tokens == transcribe_batch(tiny_model, [real_clips[0]], options)[0].tokens
