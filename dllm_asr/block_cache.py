@@ -17,7 +17,7 @@ prompt and audio, and every later step recomputes the whole response against it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -34,7 +34,8 @@ class SequenceCache:
     positions (B, S) the position ids of each column; first: the column whose output predicts
     response token 0 (token j's logits come from column first + j); shift: where token j is an
     input, first + j + shift (1 under Whisper's next-token alignment, else 0).
-    rows: the original batch rows these B rows are; windows (B, 2) their sub-blocks at the pass.
+    rows: the original batch rows these B rows are; windows (B, 2) their sub-blocks at the pass
+    (both set by `BlockCachePredictor` after the pass).
     """
 
     keys: list[Tensor]
@@ -43,8 +44,8 @@ class SequenceCache:
     positions: Tensor
     first: int
     shift: int
-    rows: list[int]
-    windows: Tensor
+    rows: list[int] = field(default_factory=list)
+    windows: Tensor | None = None
 
     def select(self, index: Tensor) -> SequenceCache:
         """The rows at `index` (B',) of this cache."""
@@ -58,7 +59,7 @@ class CacheBackend(Protocol):
 
     def full_hidden(self, tokens: Tensor, rows: Tensor, lengths: Tensor) -> tuple[Tensor, SequenceCache]:
         """A full pass: final hidden states of the response tokens (B', L', D), aligned with
-        `tokens`, and the cache of the whole packed sequences (its `rows`/`windows` unset)."""
+        `tokens`, and the cache of the whole packed sequences (its `rows`/`windows` left unset)."""
 
     def window_hidden(self, cache: SequenceCache, tokens: Tensor, columns: Tensor) -> Tensor:
         """Hidden states (B', W, D) of the sequence columns `columns` (B', W) recomputed from the

@@ -293,7 +293,7 @@ class SpeechLLMCacheBackend:
         embeds, mask, positions = self.model.pack(audio, self.decoder.embed(tokens), lengths)
         hidden, keys, values = self.decoder.forward_kv(embeds, mask, positions)
         first = embeds.shape[1] - tokens.shape[1]
-        return hidden[:, first:], SequenceCache(keys, values, mask, positions, first, 0, [], lengths)
+        return hidden[:, first:], SequenceCache(keys, values, mask, positions, first, 0)
 
     def window_hidden(self, cache: SequenceCache, tokens: Tensor, columns: Tensor) -> Tensor:
         ids = tokens.gather(1, (columns - cache.first).clamp(0, tokens.shape[1] - 1))

@@ -353,7 +353,7 @@ class WhisperCacheBackend:
         hidden, present = self.decoder(ids, positions, mask, self.cross_of(rows))
         keys_valid = mask[:, 0].any(dim=1)
         cache = SequenceCache([k for k, _ in present], [v for _, v in present], keys_valid, positions,
-                              prompt - 1, 1, [], lengths)
+                              prompt - 1, 1)
         return hidden[:, prompt - 1: prompt - 1 + length], cache
 
     def window_hidden(self, cache: SequenceCache, tokens: Tensor, columns: Tensor) -> Tensor:

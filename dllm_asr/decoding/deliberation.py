@@ -45,6 +45,11 @@ def _check_ratio(ratio: float) -> None:
         raise ValueError(f"deliberation: mask ratio p must be in [0, 1], got {ratio}")
 
 
+def _check_chunks(chunks: int) -> None:
+    if chunks < 1:
+        raise ValueError(f"deliberate_semi_ar: chunks must be >= 1, got {chunks}")
+
+
 def _inside(prior: Tensor, lengths: Tensor) -> Tensor:
     positions = torch.arange(prior.shape[1], device=prior.device).expand_as(prior)
     return positions < lengths.to(prior.device)[:, None]
@@ -125,8 +130,7 @@ def deliberate_semi_ar(
     chunk); `split` is `chunk_bounds`'. With `options.eos_early_stop`, a row whose response
     already ended (an EOS) before chunk c keeps that chunk. Returns the chained accounting of C decodes.
     """
-    if chunks < 1:
-        raise ValueError(f"deliberate_semi_ar: chunks must be >= 1, got {chunks}")
+    _check_chunks(chunks)
     if options.prior_guided:
         raise ValueError("deliberate_semi_ar: options.prior_guided must be False")
     tokens, parts = prior.clone(), []
@@ -164,8 +168,7 @@ def deliberate(
     rounding, split = ("floor", "remainder-last") if reference else ("half-up", "even")
     options = replace(options, eos_early_stop=not reference)
     if mask == "semi-ar":
-        if chunks < 1:
-            raise ValueError(f"deliberate_semi_ar: chunks must be >= 1, got {chunks}")
+        _check_chunks(chunks)  # before the step budget is divided by it
         longest_chunk = -(-int(lengths.max()) // chunks)
         steps = options.steps // chunks if reference else min(options.steps, longest_chunk)
         result = deliberate_semi_ar(predictor, prior, lengths, chunks, replace(options, steps=max(1, steps)), split)
@@ -199,4 +202,4 @@ def drop_eos(result: DecodeResult, eos_id: int) -> DecodeResult:
     if confidence is not None:
         moved = confidence.gather(1, order.to(confidence.device))
         confidence = moved.masked_fill((positions >= kept[:, None]).to(confidence.device), float("nan"))
-    return replace(result, tokens=compact, lengths=kept.cpu().long(), confidence=confidence)
+    return replace(result, tokens=compact, lengths=kept.to(result.lengths.device), confidence=confidence)
