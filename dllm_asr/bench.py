@@ -17,6 +17,7 @@ import yaml
 
 from .data import Utterance, load_dataset
 from .evaluate import EvalReport, evaluate_utterances
+from .files import atomic_writer, write_text_atomic
 from .inference import TranscribeOptions
 from .options import DeliberationOptions
 
@@ -82,7 +83,8 @@ def run_one(run: dict[str, Any], models: dict, utterances: list[Utterance], ar_h
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     columns = ["name", "wer", "rtf", "rtfx", "mean_nfe", "decoder_ms", "utterances", "note"]
-    with open(out / "results.csv", "w", newline="") as handle:
+    # Each file whole or not at all: `--reuse` trusts every row that results.csv holds.
+    with atomic_writer(out / "results.csv", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows([{c: r.get(c, "") for c in columns} for r in rows])
@@ -94,9 +96,9 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
             decoder = "" if r.get("decoder_ms") in (None, "") else f"{float(r['decoder_ms']):.1f}"
             lines.append(f"| {r['name']} | {100 * r['wer']:.2f} | {r['rtf']:.4f} | {r['rtfx']:.1f} | "
                          f"{r['mean_nfe']:.1f} | {decoder} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n\nWER with the Whisper English normaliser. RTF: the "
-                                    "whole pipeline (features, encoder, decoding); decoder ms/clip: decoding "
-                                    "alone, every encoder pass subtracted (blank for external systems).\n")
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n\nWER with the Whisper English normaliser. RTF: the "
+                      "whole pipeline (features, encoder, decoding); decoder ms/clip: decoding "
+                      "alone, every encoder pass subtracted (blank for external systems).\n")
 
 
 def read_measured_rows(out_dir: Path) -> list[dict[str, Any]]:
@@ -142,7 +144,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(out / "wer_vs_rtf.png", dpi=120)
+    with atomic_writer(out / "wer_vs_rtf.png", "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -157,12 +160,15 @@ def run_bench(model: str, data: str, out: str, grid: str | None = None, device: 
     from .distributed import pick_device
     from .loading import load_model
 
+    # The inputs first: a missing data set or a bad grid file is reported before any model loads.
+    utterances = load_dataset(data, on_error="skip")[:max_utterances]
+    if grid is not None:
+        read_grid(grid, with_ar=False)
     models = {"diffusion": load_model(model, device=pick_device(device), dtype=dtype)}
     if ar_model:
         models["ar"] = load_model(ar_model, device=pick_device(device), dtype=dtype)
     elif models["diffusion"].supports_ar:  # the Whisper family carries its own AR baseline
         models["ar"] = models["diffusion"]
-    utterances = load_dataset(data, on_error="skip")[:max_utterances]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, ar_hyps = read_measured_rows(out_dir) if reuse else [], None

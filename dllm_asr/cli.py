@@ -94,6 +94,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .inference import transcribe_files
 
     transcribe_options(args)  # bad flags fail here, before the model loads
+    if args.output_format:
+        check_output_folder(args.output_dir, "--output-dir")
     files, unusable = [], 0
     for given in args.files:  # a folder, pattern or manifest that names no audio is reported; the rest go on
         try:
@@ -148,8 +150,15 @@ def cmd_deliberate(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"{args.prior}: no prior for {', '.join(missing[:5])} (ids are the audio file stems)")
     transcribe_options(args)  # bad flags fail before the model loads
+    absent = [f for f in args.files if not Path(f).is_file()]
+    for path in absent:  # reported now, not after the model has loaded; the other files go on, as in transcribe
+        print(f"error: audio file not found: {path}", file=sys.stderr)
+    files = [f for f in args.files if f not in set(absent)]
+    if not files:
+        return 1
+    keys = [Path(f).stem for f in files]
     model = open_model(args)
-    results = list(transcribe_files(model, args.files, transcribe_options(args, model), batch_size=args.batch_size,
+    results = list(transcribe_files(model, files, transcribe_options(args, model), batch_size=args.batch_size,
                                     priors=[priors[k] for k in keys], deliberation=deliberation_options(args)))
     for key, result in zip(keys, results):
         if result.error:
@@ -157,7 +166,7 @@ def cmd_deliberate(args: argparse.Namespace) -> int:
             continue
         print(json.dumps({"id": key, "prior": priors[key], "text": result.transcript.text,
                           "nfe": result.transcript.nfe}))
-    return 1 if any(r.error for r in results) else 0
+    return 1 if absent or any(r.error for r in results) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -170,21 +179,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import data_audio_gain, evaluate_model
+    from .data import load_dataset
+    from .evaluate import data_audio_gain, evaluate_utterances
 
     transcribe_options(args)  # bad flags fail before the model loads
     deliberation = deliberation_options(args)
-    model = open_model(args)
+    check_output_folder(args.out, "--out")
     skips = SkipCounter()
     logging.getLogger("dllm_asr.data").addHandler(skips)
     try:
-        report = evaluate_model(model, args.data, transcribe_options(args, model), max_utterances=args.max_utterances,
-                                batch_size=args.batch_size, deliberation=deliberation)
+        # The data set is read before the model loads: a missing or unreadable one costs nothing.
+        utterances = load_dataset(args.data, on_error="skip")[:args.max_utterances or None]
+        if not utterances:
+            raise ValueError(no_utterance(args.data, skips.count))
+        if deliberation and any(u.prior is None for u in utterances):
+            raise ValueError(f"{args.data}: --deliberate needs a prior transcript on each line (manifest field 'prior')")
+        model = open_model(args)
+        report = evaluate_utterances(model, utterances, transcribe_options(args, model), batch_size=args.batch_size,
+                                     deliberation=deliberation)
     finally:
         logging.getLogger("dllm_asr.data").removeHandler(skips)
     if not report.hyps:  # not "WER 0.00%" over nothing
-        named = " (each is named above)" if skips.count else ""
-        raise ValueError(f"{args.data}: no utterance could be decoded{named}")
+        raise ValueError(no_utterance(args.data, skips.count))
     report.write(args.out)
     print(report.summary())
     if args.audio_gain:
@@ -193,6 +209,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"audio, {swapped:.3f} with another's; {clips} clips)")
     print(f"wrote {args.out}/hyps.jsonl, errors.jsonl, report.md")
     return 1 if skips.count else 0  # the report scores the usable utterances; the status says some were not
+
+
+def no_utterance(data: str, skipped: int) -> str:
+    """The one-line error for a data set that gave nothing to score."""
+    named = " (each is named above)" if skipped else ""
+    return f"{data}: no utterance could be decoded{named}"
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """Raise ValueError when the output folder `path` (given as `flag`) cannot be created or
+    written: reported before the model loads, not after the decoding."""
+    folder = Path(path).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a folder")
+    ancestor = next(p for p in (folder, *folder.parents) if p.exists())  # the folder itself, or where it will be made
+    if not ancestor.is_dir():
+        raise ValueError(f"{flag} {path}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {ancestor} is not writable")
 
 
 class SkipCounter(logging.Handler):
@@ -217,6 +252,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    check_output_folder(args.out, "--out")  # the data set and grid are checked by run_bench, before any model loads
     run_bench(args.model, args.data, args.out, grid=args.grid, device=args.device, dtype=args.dtype,
               max_utterances=args.max_utterances, batch_size=args.batch_size, ar_model=args.ar_model,
               against=args.against, reuse=args.reuse)

@@ -42,6 +42,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 
+from dllm_asr.files import atomic_writer, remove_stale_temps, written_together
 from dllm_asr.progress import progress
 from dllm_asr.textnorm import normalize_sentence, split_sentences
 
@@ -607,7 +608,7 @@ def _write_wav(path: Path, audio: np.ndarray) -> None:
     if peak > 0.95:
         audio = audio * (0.95 / peak)
     pcm = np.round(audio * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
+    with atomic_writer(path, "wb") as raw, wave.open(raw, "wb") as handle:  # a kill leaves no truncated WAV
         handle.setnchannels(1)
         handle.setsampwidth(2)
         handle.setframerate(SAMPLE_RATE)
@@ -670,15 +671,29 @@ def _missing_requirements(engine: str) -> list[str]:
     return missing
 
 
+CORPUS_FILES = tuple(f"{split}.jsonl" for split in SPLITS) + ("corpus.json",)
+"""What a build writes besides wavs/, in the order it moves them in: corpus.json, last, marks it complete."""
+
+
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise ValueError(f"output folder {out_dir} is not empty (pass overwrite=True / --overwrite)")
+            raise ValueError(_not_empty(out_dir))
         shutil.rmtree(out_dir / "wavs", ignore_errors=True)
-        for name in [f"{s}.jsonl" for s in SPLITS] + ["corpus.json"]:
+        for name in CORPUS_FILES:
             (out_dir / name).unlink(missing_ok=True)
+            remove_stale_temps(out_dir / name)
     for split in SPLITS:
         (out_dir / "wavs" / split).mkdir(parents=True, exist_ok=True)
+
+
+def _not_empty(out_dir: Path) -> str:
+    """Why a folder is refused: a build killed before its corpus.json is named as such, so that
+    its leftovers are never taken for a corpus."""
+    if (out_dir / "wavs").is_dir() and not (out_dir / "corpus.json").exists():
+        return (f"output folder {out_dir} is not empty: it holds an unfinished corpus build (no corpus.json: "
+                "it was interrupted); pass overwrite=True / --overwrite to build it again")
+    return f"output folder {out_dir} is not empty (pass overwrite=True / --overwrite)"
 
 
 def _synthesize_all(batches: list[SynthesisBatch], out_dir: Path, jobs: int) -> list[dict]:
@@ -730,30 +745,33 @@ def build_corpus(out_dir: str | os.PathLike, hours: float | Mapping[str, float] 
         position += len(per_split[split])
     batches = plan_batches(per_split, seen, unseen, seed, batch_size, reverb_fraction, noise_fraction)
     rows = _synthesize_all(batches, out_path, jobs)
-    summary = _write_manifests(out_path, rows, per_split)
+    # Manifests only once every WAV is written, corpus.json last: a killed build leaves no
+    # corpus.json, and each manifest it may leave is whole with all its audio.
+    manifests, summary = _manifests(rows, per_split)
     info = {"seed": seed, "engines": list(engines), "sources": list(sources),
             "text_files": [str(p) for p in text_files], "reverb_fraction": reverb_fraction,
             "noise_fraction": noise_fraction, "batch_size": batch_size, "sample_rate": SAMPLE_RATE,
             "unseen_voices": list(unseen_voices), "splits": summary,
             "hours": round(sum(s["hours"] for s in summary.values()), 4),
             "build_seconds": round(time.time() - started, 2), "jobs": jobs}
-    (out_path / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
+    texts = [*manifests.values(), json.dumps(info, indent=2) + "\n"]
+    with written_together([out_path / name for name in CORPUS_FILES]) as temps:
+        for temp, text in zip(temps, texts):
+            temp.write_text(text, encoding="utf-8")
     return out_path / "corpus.json"
 
 
-def _write_manifests(out_dir: Path, rows: list[dict], per_split: Mapping[str, list[str]]) -> dict:
-    """Write <split>.jsonl files; return per split utterances, hours, dropped count and voices."""
-    summary = {}
+def _manifests(rows: list[dict], per_split: Mapping[str, list[str]]) -> tuple[dict[str, str], dict]:
+    """The text of each <split>.jsonl, and per split utterances, hours, dropped count and voices."""
+    manifests, summary = {}, {}
     for split in SPLITS:
         split_rows = [r for r in rows if r["id"].startswith(split + "-")]
-        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as handle:
-            for row in split_rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        manifests[split] = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split_rows)
         summary[split] = {"utterances": len(split_rows),
                           "hours": round(sum(r["duration"] for r in split_rows) / 3600, 4),
                           "dropped_silent": len(per_split[split]) - len(split_rows),
                           "voices": sorted({r["voice"] for r in split_rows})}
-    return summary
+    return manifests, summary
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -19,6 +19,7 @@ import torch
 from .audio import SAMPLE_RATE
 from .data import AudioDataset, Utterance, load_dataset
 from .metrics import ScoreReport, Timer, rtf, score
+from .files import remove_stale_temps, written_together
 from .diffusion import forward_mask, masked_diffusion_loss, next_token_loss
 from .model import AudioContext, SpeechLLM, encode_transcripts, transcript_and_eos
 from .progress import progress
@@ -67,18 +68,28 @@ class EvalReport:
                 f"(RTFx {speed:.1f}) | mean NFE {self.mean_nfe:.1f}")
 
     def write(self, out_dir: str | Path) -> None:
+        """Write hyps.jsonl, errors.jsonl and report.md into `out_dir`, all or none: each is
+        written aside and moved in, report.md last, so a report.md always describes the
+        hyps.jsonl and errors.jsonl beside it (a killed write leaves no report.md, or the old one)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "hyps.jsonl", "w") as handle:
-            for utt_id, hyp in self.hyps.items():
-                t = self.transcripts[utt_id]
-                handle.write(json.dumps({"id": utt_id, "hyp": hyp, "ref": self.refs.get(utt_id, ""),
-                                         "nfe": t.nfe, "steps": t.steps}) + "\n")
-        self.scores.write_jsonl(out / "errors.jsonl")
+        names = ("hyps.jsonl", "errors.jsonl", "report.md")
+        for name in names:  # what an earlier killed write left behind
+            remove_stale_temps(out / name)
+        with written_together([out / name for name in names]) as (hyps, errors, report):
+            with open(hyps, "w", encoding="utf-8") as handle:
+                for utt_id, hyp in self.hyps.items():
+                    t = self.transcripts[utt_id]
+                    handle.write(json.dumps({"id": utt_id, "hyp": hyp, "ref": self.refs.get(utt_id, ""),
+                                             "nfe": t.nfe, "steps": t.steps}) + "\n")
+            self.scores.write_jsonl(errors)
+            report.write_text(self.to_markdown(), encoding="utf-8")
+
+    def to_markdown(self) -> str:
+        """The text of report.md: options, summary, skipped clips and the scores."""
         options = ", ".join(f"{k}={v}" for k, v in self.options.items())
         skipped = f"\nSkipped (unreadable): {', '.join(self.skipped)}\n" if self.skipped else ""
-        (out / "report.md").write_text(f"# Evaluation\n\nOptions: {options}\n\n{self.summary()}\n{skipped}\n"
-                                       f"{self.scores.to_markdown()}\n")
+        return f"# Evaluation\n\nOptions: {options}\n\n{self.summary()}\n{skipped}\n{self.scores.to_markdown()}\n"
 
 
 def _batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]]:

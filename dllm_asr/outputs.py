@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .audio import STDIN
+from .files import write_text_atomic
 from .options import OUTPUT_FORMATS as FORMATS
 from .options import TranscribeOptions
 from .inference import FileResult, Segment
@@ -72,6 +73,6 @@ def write_outputs(result: FileResult, out_dir: str | Path, formats: list[str], o
     if existing and not overwrite:
         raise ValueError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     out.mkdir(parents=True, exist_ok=True)
-    for target, fmt in zip(targets, formats):
-        target.write_text(render(result, fmt, options), encoding="utf-8")
+    for target, fmt in zip(targets, formats):  # each whole or not at all: a kill leaves no half subtitle file
+        write_text_atomic(target, render(result, fmt, options))
     return targets

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from .audio import SAMPLE_RATE, AudioError, load_audio
+from .files import atomic_writer
 
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -106,7 +107,7 @@ def build_asterisk_manifest(out_path: str | os.PathLike, sounds_dir: str | os.Pa
         raise ValueError(f"no Asterisk prompt audio found under {sounds_dir}: "
                          f"apt-get install asterisk-core-sounds-en-g722")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as handle:
+    with atomic_writer(out_path) as handle:  # a killed run leaves no manifest that lacks prompts
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return {"utterances": len(rows), "minutes": round(sum(r["duration"] for r in rows) / 60, 2),

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .bench import run_bench
+from .files import write_text_atomic
 
 SPLITS = ("test_seen", "test_unseen")
 
@@ -37,6 +38,7 @@ def build_report(model: str, corpus: str, out: str, ar_model: str | None = None,
     splits whose tables already exist are not run again (to re-assemble after editing the notes)."""
     out_path = Path(out)
     figures = out_path.parent / "results"
+    _check_inputs(corpus, notes, figures, reuse)
     sections = []
     for split in SPLITS:
         split_dir = figures / split
@@ -53,8 +55,18 @@ def build_report(model: str, corpus: str, out: str, ar_model: str | None = None,
               f"up to {max_utterances or 'all'} utterances per split; {machine()}.\n"
               "WER uses Whisper's English normaliser; RTF = decoding seconds / audio seconds, warm-up excluded.\n")
     discussion = Path(notes).read_text() if notes else ""
-    out_path.write_text(header + "\n" + "\n".join(sections) + ("\n" + discussion if discussion else ""))
+    write_text_atomic(out_path, header + "\n" + "\n".join(sections) + ("\n" + discussion if discussion else ""))
     return out_path
+
+
+def _check_inputs(corpus: str, notes: str | None, figures: Path, reuse: bool) -> None:
+    """A missing notes file or split manifest, reported before hours of benchmarking, not after."""
+    if notes and not Path(notes).is_file():
+        raise ValueError(f"--notes {notes}: no such file")
+    for split in SPLITS:
+        manifest = Path(corpus) / f"{split}.jsonl"
+        if not (reuse and (figures / split / "results.md").is_file()) and not manifest.is_file():
+            raise ValueError(f"--corpus {corpus}: no {manifest.name} (a corpus built by `dllm-asr corpus`)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", choices=["faster-whisper"], default=None,
                         help="add faster-whisper tiny.en (int8) on the same clips")
     args = parser.parse_args(argv)
-    path = build_report(args.model, args.corpus, args.out, args.ar_model, args.max_utterances, args.notes,
-                        args.device, args.batch_size, args.grid, args.reuse, args.against)
+    try:
+        path = build_report(args.model, args.corpus, args.out, args.ar_model, args.max_utterances, args.notes,
+                            args.device, args.batch_size, args.grid, args.reuse, args.against)
+    except ValueError as err:  # a bad input: one line, not a traceback
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     return 0
 
