@@ -28,6 +28,7 @@ from .model import AudioContext, SpeechLLM
 from .options import DeliberationOptions, TranscribeOptions
 from .progress import FileProgress
 from .segment import speech_span, windows
+from .word_times import Word, clip_frames, word_timestamps
 
 
 @dataclass
@@ -49,17 +50,22 @@ class Transcript:
     confidences: list[float | None] | None = None
     """Per token of `tokens`, the probability the model gave it when it chose it (None: a token
     that was given, e.g. by deliberation, not predicted); None: not recorded."""
+    words: list[Word] | None = None
+    """The transcript's words timed in seconds from the clip's start (the `word_timestamps`
+    option, `dllm_asr.word_times`); None: not asked for."""
 
 
 @dataclass
 class Segment:
     """A stretch of speech: start and end in seconds (where the sound of its window begins and
-    ends, `dllm_asr.segment.speech_span`), its transcript and the mean confidence of its tokens."""
+    ends, `dllm_asr.segment.speech_span`), its transcript and the mean confidence of its tokens;
+    with the `word_timestamps` option, its words, timed from the clip's start and within the segment."""
 
     start: float
     end: float
     text: str
     confidence: float | None = None
+    words: list[Word] | None = None
 
 
 def block_lengths(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions) -> Tensor:
@@ -117,6 +123,23 @@ def check_strategy(model: SpeechLLM, strategy: str) -> None:
                          "decode it with diffusion, semi-ar, threshold or prior")
 
 
+def check_word_timestamps(model: SpeechLLM, options: TranscribeOptions) -> None:
+    """Word times come from the pretrained Whisper decoder's alignment heads: only the Whisper
+    family keeps that decoder."""
+    if options.word_timestamps and not getattr(model, "supports_word_timestamps", False):
+        raise ValueError("--word-timestamps: this model has no pretrained Whisper decoder to align words with; "
+                         "use a Whisper-family model such as dllm-asr-tiny-en")
+
+
+def attach_words(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext,
+                 transcripts: list[Transcript]) -> None:
+    """Set each transcript's words, timed from the start of its clip (`audios`, encoded in `audio`,
+    one row per transcript): one teacher-forced pass of the pretrained decoder (`dllm_asr.word_times`)."""
+    frames = [clip_frames(len(clip)) for clip in audios]
+    for transcript, words in zip(transcripts, word_timestamps(model, audio, [t.tokens for t in transcripts], frames)):
+        transcript.words = words
+
+
 def model_priors(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext,
                  options: TranscribeOptions) -> list[str]:
     """The model's own prior transcripts for prior-guided decoding: its CTC head's greedy output
@@ -143,6 +166,7 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
     without an EOS is decoded again in a longer block (see `regrow`).
     """
     check_strategy(model, options.strategy)
+    check_word_timestamps(model, options)
     if priors is not None:  # a prior text belongs to its whole clip: never cut
         decoded = _transcribe_windows(model, audios, options, priors)
         return [join_windows([(whole_clip_segment(audio, t), t)]) for audio, t in zip(audios, decoded)]
@@ -161,6 +185,7 @@ def transcribe_stream(model: SpeechLLM, blocks: Iterable[np.ndarray], options: T
     one batch of windows and the text so far, however long the recording. `on_segment` is called
     with each window's segment as soon as it is decoded."""
     check_strategy(model, options.strategy)
+    check_word_timestamps(model, options)
     pieces = ((0, *piece) for piece in windows(blocks, window_seconds(model, options)))
     parts = []
     for _, segment, transcript in decode_windows(model, pieces, options, batch_size):
@@ -230,8 +255,8 @@ def decode_windows(model: SpeechLLM, pieces: Iterable[tuple[int, int, np.ndarray
         # decoded whole, as the model was trained.
         decoded = _transcribe_windows(model, [piece if whole else piece[a:b]
                                               for (_, _, piece, whole), (a, b) in zip(batch, spans)], options)
-        for (i, start, _, _), (a, b), transcript in zip(batch, spans, decoded):
-            yield i, segment_of(start + a, b - a, transcript), transcript
+        for (i, start, _, whole), (a, b), transcript in zip(batch, spans, decoded):
+            yield i, segment_of(start + a, b - a, transcript, start if whole else start + a), transcript
 
 
 def speech_samples(piece: np.ndarray) -> tuple[int, int]:
@@ -243,14 +268,29 @@ def speech_samples(piece: np.ndarray) -> tuple[int, int]:
 def whole_clip_segment(audio: np.ndarray, transcript: Transcript) -> Segment:
     """The segment of a clip decoded whole: timed by its sound."""
     begin, end = speech_samples(audio)
-    return segment_of(begin, end - begin, transcript)
+    return segment_of(begin, end - begin, transcript, 0)
 
 
-def segment_of(start: int, length: int, transcript: Transcript) -> Segment:
-    """The segment of `length` samples that starts `start` samples into its clip."""
+def segment_of(start: int, length: int, transcript: Transcript, origin: int | None = None) -> Segment:
+    """The segment of `length` samples that starts `start` samples into its clip. `origin`: the
+    sample where the audio the transcript was decoded from begins (default `start`): its words
+    are timed from there, and are moved into the clip's time and clamped to the segment."""
     known = [p for p in transcript.confidences or [] if p is not None]
-    return Segment(start / SAMPLE_RATE, (start + length) / SAMPLE_RATE, transcript.text,
-                   sum(known) / len(known) if known else None)
+    segment = Segment(start / SAMPLE_RATE, (start + length) / SAMPLE_RATE, transcript.text,
+                      sum(known) / len(known) if known else None)
+    if transcript.words is not None:
+        shift = (start if origin is None else origin) / SAMPLE_RATE
+        segment.words = [shifted_word(word, shift, segment) for word in transcript.words]
+    return segment
+
+
+def shifted_word(word: Word, shift: float, segment: Segment) -> Word:
+    """`word` moved `shift` seconds later and clamped into the segment's [start, end], to the ms:
+    the alignment may put a first or last word a few frames into the silence around the speech."""
+    def clamp(seconds: float) -> float:
+        return round(min(max(seconds + shift, segment.start), segment.end), 3)
+
+    return Word(clamp(word.start), clamp(word.end), word.text, word.probability)
 
 
 def model_options(model: SpeechLLM, **changes) -> TranscribeOptions:
@@ -265,6 +305,7 @@ def join_windows(parts: list[tuple[Segment, Transcript]]) -> Transcript:
     segments = [segment for segment, _ in parts if segment.text]
     if len(parts) == 1:
         parts[0][1].segments = segments
+        parts[0][1].words = clip_words(parts)
         return parts[0][1]
     texts = [t for _, t in parts]
     no_speech = [t.no_speech_prob for t in texts if t.no_speech_prob is not None]
@@ -274,7 +315,16 @@ def join_windows(parts: list[tuple[Segment, Transcript]]) -> Transcript:
     return Transcript(text=" ".join(t.text for t in texts if t.text), tokens=[tok for t in texts for tok in t.tokens],
                       nfe=sum(t.nfe for t in texts), steps=sum(t.steps for t in texts),
                       no_speech_prob=min(no_speech) if no_speech else None,
-                      truncated=any(t.truncated for t in texts), segments=segments, confidences=confidences)
+                      truncated=any(t.truncated for t in texts), segments=segments, confidences=confidences,
+                      words=clip_words(parts))
+
+
+def clip_words(parts: list[tuple[Segment, Transcript]]) -> list[Word] | None:
+    """A clip's words from its windows' segments (timed from the clip's start); None when any
+    window's transcript has none (word timestamps were not asked for)."""
+    if any(transcript.words is None for _, transcript in parts):
+        return None
+    return [word for segment, _ in parts for word in segment.words or []]
 
 
 def _transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options: TranscribeOptions,
@@ -282,7 +332,8 @@ def _transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options:
     """`transcribe_batch` for clips no longer than one window. A clip under 20 ms (`MIN_SAMPLES`,
     less than the encoder can take) gets an empty transcript, as a silent one does."""
     model.eval()
-    out = [Transcript("", [], 0, 0) for _ in audios]
+    # a silent clip has no words ([]) when they are asked for
+    out = [Transcript("", [], 0, 0, words=[] if options.word_timestamps else None) for _ in audios]
     heard = [i for i, clip in enumerate(audios) if len(clip) >= MIN_SAMPLES]
     if not heard:
         return out
@@ -297,6 +348,8 @@ def _transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options:
     rows = torch.tensor(speech, device=audio.lengths.device)
     decoded = decode_speech(model, [clips[j] for j in speech], audio.select(rows), options,
                             None if priors is None else [priors[heard[j]] for j in speech])
+    if options.word_timestamps:
+        attach_words(model, [clips[j] for j in speech], audio.select(rows), decoded)
     for j, transcript in zip(speech, decoded):
         transcript.no_speech_prob = out[heard[j]].no_speech_prob
         out[heard[j]] = transcript
@@ -363,16 +416,19 @@ def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Seq
 def _deliberate(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence[str],
                 how: DeliberationOptions, options: TranscribeOptions) -> list[Transcript]:
     check_strategy(model, "diffusion")
+    check_word_timestamps(model, options)
     model.eval()
-    audio = model.encode_audio(audios)
-    if not how.use_audio:
-        audio = model.audio_free(audio)
+    heard = model.encode_audio(audios)
+    audio = heard if how.use_audio else model.audio_free(heard)
     predictor = model.mask_predictor(audio, cache=options.cache)
     prior, lengths = tokenize_texts(model, priors)
     options = replace(options, strategy="diffusion")
     result = deliberate(predictor, prior, lengths, decode_options(model, options), how.mask, how.ratio, how.chunks,
                         how.rules)
-    return _texts(model, result, options.trace)
+    transcripts = _texts(model, result, options.trace)
+    if options.word_timestamps:  # timed against the real audio, even when the text was decoded without it
+        attach_words(model, audios, heard, transcripts)
+    return transcripts
 
 
 @dataclass

@@ -65,6 +65,9 @@ class TranscribeOptions:
     no_speech_threshold: float | None = 0.6
     """A clip whose no-speech probability is above this gets an empty transcript (Whisper's
     default 0.6); None never skips. Only models with the signal (the Whisper family) use it."""
+    word_timestamps: bool = False
+    """Time each word (start, end, probability) from the pretrained Whisper decoder's alignment
+    heads: one more decoder pass per segment (Whisper family only)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

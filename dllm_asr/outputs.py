@@ -2,8 +2,10 @@
 
 Subtitle cues are the transcript's segments (`Transcript.segments`: one per window a long clip
 was cut into at pauses, one for a short clip, timed where the window's sound begins and ends).
-The json file also holds each token's confidence. srt and vtt are composed with the `srt` and `webvtt-py` libraries. A file that already exists is never
-overwritten unless asked (`overwrite`): it may be the user's.
+The json file also holds each token's confidence, and each segment's words with their times
+when they were asked for (`--word-timestamps`). srt and vtt are composed with the `srt` and
+`webvtt-py` libraries. A file that already exists is never overwritten unless asked
+(`overwrite`): it may be the user's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ def segments_of(result: FileResult) -> list[Segment]:
     return [Segment(0.0, result.duration, transcript.text)] if transcript.text else []
 
 
+def segment_record(segment: Segment) -> dict:
+    """A segment as json: start, end, text, confidence and, when timed, its words as Whisper's
+    json writes them (start, end, word, probability)."""
+    record = {k: v for k, v in asdict(segment).items() if k != "words"}
+    if segment.words is not None:
+        record["words"] = [{"start": w.start, "end": w.end, "word": w.text, "probability": w.probability}
+                           for w in segment.words]
+    return record
+
+
 def vtt_time(seconds: float) -> str:
     """'HH:MM:SS.mmm' (WebVTT cue time)."""
     millis = round(seconds * 1000)
@@ -44,7 +56,7 @@ def render(result: FileResult, fmt: str, options: TranscribeOptions) -> str:
         return transcript.text + "\n"
     if fmt == "json":
         return json.dumps({"audio": result.path, "text": transcript.text, "duration": result.duration,
-                           "segments": [asdict(s) for s in cues], "tokens": transcript.tokens,
+                           "segments": [segment_record(s) for s in cues], "tokens": transcript.tokens,
                            "token_confidences": transcript.confidences,
                            "nfe": transcript.nfe, "steps": transcript.steps,
                            "no_speech_prob": transcript.no_speech_prob, "truncated": transcript.truncated,

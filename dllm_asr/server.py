@@ -2,8 +2,9 @@
 
 `dllm-asr serve` runs `create_app` under uvicorn. Requests speak OpenAI's audio API (multipart
 `file`, `model`, `response_format` json | text | srt | vtt | verbose_json, `language`, `prompt`,
-`temperature`; unknown fields are ignored, as OpenAI does), so the official `openai` client and
-the apps built on it work unchanged. Extensions under their own names: `strategy`, `steps`,
+`temperature`, `timestamp_granularities[]` ("word" adds verbose_json's `words`); unknown fields
+are ignored, as OpenAI does), so the official `openai` client and the apps built on it work
+unchanged. Extensions under their own names: `strategy`, `steps`,
 `threshold` (any `TranscribeOptions` field, in fact), `prior` with `mask` / `chunks` (deliberate
 a given transcript), and `POST /v1/audio/transcriptions/steps`, which streams the decoding trace
 as server-sent events for the web page at `/`.
@@ -249,6 +250,8 @@ def render_response(transcript: Transcript, fmt: str, duration: float, options: 
                  "confidence": s.confidence} for i, s in enumerate(transcript.segments or [])]
     body = {"task": "transcribe", "language": "english", "duration": duration, "text": transcript.text,
             "segments": segments,
+            **({} if transcript.words is None else
+               {"words": [{"word": w.text, "start": w.start, "end": w.end} for w in transcript.words]}),
             "dllm_asr": {"strategy": options.strategy, "nfe": transcript.nfe, "steps": transcript.steps,
                          "decode_seconds": seconds, "tokens": transcript.tokens,
                          "token_confidences": transcript.confidences, "truncated": transcript.truncated}}
@@ -294,6 +297,8 @@ def create_app(model, limits: ServerLimits = ServerLimits(), model_name: str = "
         if upload is None or isinstance(upload, str):
             raise RequestError(400, "no audio: send the file as the multipart field 'file'")
         fields_ = {k: v for k, v in form.items() if isinstance(v, str)}
+        if "word" in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"):
+            fields_["word_timestamps"] = "true"  # OpenAI's way of asking for verbose_json's `words`
         fmt = fields_.get("response_format", "json")
         if fmt not in RESPONSE_FORMATS:
             raise RequestError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt!r}")

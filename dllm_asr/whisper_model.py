@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from .audio import log_mel_batch, zero_pad_frames_to_30s
 from .config import ModelConfig
 from .decoders.causal import GeneratedTokens
-from .decoders.whisper import CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask
+from .decoders.whisper import (CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask,
+                               word_alignment_heads)
 from .block_cache import CACHE_MODES, BlockCachePredictor, SequenceCache, column_attention_mask
 from .model import AudioContext, SpeechModel
 
@@ -186,6 +187,38 @@ class WhisperDiffusionASR(SpeechModel):
         start = self.prompt_ids[None, :1].expand(audio.embeds.shape[0], -1)
         hidden, _ = decoder(start, torch.zeros_like(start), causal_mask(1, 0, self.device), cross)
         return self._no_speech_after_start(hidden[:, 0])
+
+    @property
+    def supports_word_timestamps(self) -> bool:
+        """The pretrained decoder's alignment heads time the words (`dllm_asr.word_times`)."""
+        return True
+
+    @torch.no_grad()
+    def alignment_weights(self, audio: AudioContext, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The pretrained decoder run once, causally and teacher-forced, on [prompt | tokens | EOT]:
+        what `dllm_asr.word_times` aligns words with.
+
+        tokens (B, N) text ids, each row's first `lengths` (B,) valid (the rest any id). Returns the
+        alignment heads' cross-attention (B, A, N + 1, T) and each token's probability (B, N + 1),
+        from the positions that predict tokens 0..N-1 and then EOT (row i: the query predicting
+        token i, as in AR training); rows past a row's EOT are padding.
+        """
+        decoder = self.base_decoder
+        batch, length = tokens.shape
+        lengths = lengths.to(tokens.device)
+        target = torch.cat([tokens, tokens.new_full((batch, 1), self.eos_id)], dim=1)
+        target = target.masked_fill(torch.arange(length + 1, device=tokens.device)[None] >= lengths[:, None],
+                                    self.eos_id)
+        prompt = self.prompt_ids.shape[0]
+        ids = torch.cat([self.prompt_ids[None].expand(batch, -1), target], dim=1)
+        positions = torch.arange(ids.shape[1], device=tokens.device)[None].expand(batch, -1)
+        weights: list[Tensor] = []
+        hidden, _ = decoder(ids, positions, causal_mask(ids.shape[1], 0, tokens.device), self._cross(audio, decoder),
+                            cross_weights=weights)
+        rows = slice(prompt - 1, prompt + length)
+        heads = torch.stack([weights[layer][:, head, rows] for layer, head in word_alignment_heads(decoder)], dim=1)
+        probs = decoder.logits(hidden[:, rows]).softmax(-1).gather(-1, target[..., None])[..., 0]
+        return heads, probs
 
     def _no_speech_after_start(self, hidden: Tensor) -> Tensor:
         """P(<|nospeech|>) from the pretrained decoder's hidden state (B, D) at

@@ -17,6 +17,7 @@ are never predicted, as Whisper's own decoding suppresses them, and neither is [
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,9 @@ class WhisperTextDecoder(nn.Module):
         self.eos_token_id = eos_token_id
         self.vocab_size = eos_token_id + 1
         self.mask_token_id = config.vocab_size
+        self.alignment_heads: list[tuple[int, int]] | None = None
+        """The checkpoint's (layer, head) cross-attention heads that follow the speech in time
+        (Whisper's `alignment_heads`); None: the checkpoint names none (see `word_alignment_heads`)."""
 
     def init_mask_embedding(self) -> None:
         """Start [MASK] at the mean token embedding (a neutral point of the input space)."""
@@ -174,20 +178,23 @@ class WhisperTextDecoder(nn.Module):
         return x.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim)
 
     def forward(self, ids: Tensor, positions: Tensor, self_mask: Tensor, cross: CrossCache,
-                past: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                past: list[tuple[Tensor, Tensor]] | None = None, cross_weights: list[Tensor] | None = None
+                ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Hidden states after the final norm.
 
         ids (B, S); positions (B, S); self_mask (B, 1, S, S_past + S) bool, True = may attend;
         cross: the batch's `CrossCache`; past: per-layer self-attention keys/values of earlier
         positions (AR decoding with a KV cache), or None. Returns hidden (B, S, D) and the
-        per-layer keys/values including these positions.
+        per-layer keys/values including these positions. `cross_weights`: a list that receives
+        each layer's cross-attention probabilities (B, H, S, T) (word timestamps); None (the
+        default) keeps the fused attention kernel.
         """
         def after_past(index: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
             if past is None:
                 return keys, values
             return torch.cat([past[index][0], keys], dim=2), torch.cat([past[index][1], values], dim=2)
 
-        return self._layers(self.embed(ids, positions), self_mask, cross, after_past)
+        return self._layers(self.embed(ids, positions), self_mask, cross, after_past, cross_weights)
 
     def forward_columns(self, ids: Tensor, positions: Tensor, columns: Tensor, cached: list[tuple[Tensor, Tensor]],
                         self_mask: Tensor, cross: CrossCache) -> Tensor:
@@ -201,10 +208,11 @@ class WhisperTextDecoder(nn.Module):
         return self._layers(self.embed(ids, positions), self_mask, cross, in_place_of_columns)[0]
 
     def _layers(self, x: Tensor, self_mask: Tensor, cross: CrossCache,
-                self_keys: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
-                ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                self_keys: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]],
+                cross_weights: list[Tensor] | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """The layer stack over embedded inputs x (B, S, D); `self_keys(layer index, keys, values)`
-        gives the self-attention keys/values the queries see, from x's own (B, H, S, hd)."""
+        gives the self-attention keys/values the queries see, from x's own (B, H, S, hd);
+        `cross_weights`, if a list, receives each layer's cross-attention probabilities."""
         dropout = self.config.dropout if self.training else 0.0
         present = []
         for index, layer in enumerate(self.layers):
@@ -216,8 +224,13 @@ class WhisperTextDecoder(nn.Module):
                                                      attn_mask=self_mask)
             x = x + F.dropout(attention.out_proj(self._merge(context)), dropout, self.training)
             normed = layer.encoder_attn_layer_norm(x)
-            context = F.scaled_dot_product_attention(self._heads(layer.encoder_attn.q_proj(normed)),
-                                                     cross.keys[index], cross.values[index], attn_mask=cross.mask)
+            queries = self._heads(layer.encoder_attn.q_proj(normed))
+            if cross_weights is None:
+                context = F.scaled_dot_product_attention(queries, cross.keys[index], cross.values[index],
+                                                         attn_mask=cross.mask)
+            else:
+                context = _attention_keeping_weights(queries, cross.keys[index], cross.values[index], cross.mask,
+                                                     cross_weights)
             x = x + F.dropout(layer.encoder_attn.out_proj(self._merge(context)), dropout, self.training)
             hidden = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
             x = x + F.dropout(layer.fc2(hidden), dropout, self.training)
@@ -226,6 +239,42 @@ class WhisperTextDecoder(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden (..., D) -> logits over text tokens and EOS (..., vocab_size), float32."""
         return (hidden @ self.embed_tokens.weight[: self.vocab_size].T.to(hidden.dtype)).float()
+
+
+def _attention_keeping_weights(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
+                               weights: list[Tensor]) -> Tensor:
+    """Scaled dot-product attention written out, appending its probabilities (B, H, S, T) to
+    `weights`; queries (B, H, S, hd), keys/values (B, H, T, hd), mask (B, 1, 1, T) bool."""
+    scores = (queries @ keys.transpose(-1, -2)) * queries.shape[-1] ** -0.5
+    probs = scores.masked_fill(~mask, float("-inf")).float().softmax(-1)
+    weights.append(probs)
+    return probs.to(values.dtype) @ values
+
+
+def word_alignment_heads(decoder: WhisperTextDecoder) -> list[tuple[int, int]]:
+    """The (layer, head) pairs whose cross-attention times words: the checkpoint's own
+    `alignment_heads`, or, when it names none, every head of the upper half of the layers
+    (Whisper's fallback for checkpoints without the list)."""
+    if decoder.alignment_heads is not None:
+        return list(decoder.alignment_heads)
+    return [(layer, head) for layer in range(decoder.num_layers // 2, decoder.num_layers)
+            for head in range(decoder.num_heads)]
+
+
+def read_alignment_heads(path: Path, num_layers: int, num_heads: int) -> list[tuple[int, int]] | None:
+    """`alignment_heads` of a Whisper directory: config.json (CTranslate2 keeps it there) or
+    generation_config.json (transformers keeps it there); None if neither names any."""
+    for name in ("config.json", "generation_config.json"):
+        file = path / name
+        heads = json.loads(file.read_text(encoding="utf-8")).get("alignment_heads") if file.is_file() else None
+        if heads:
+            pairs = [(int(layer), int(head)) for layer, head in heads]
+            bad = [p for p in pairs if not (0 <= p[0] < num_layers and 0 <= p[1] < num_heads)]
+            if bad:
+                raise DecoderLoadError(f"{file}: alignment_heads {bad} lie outside the decoder's "
+                                       f"{num_layers} layers x {num_heads} heads")
+            return pairs
+    return None
 
 
 def whisper_decoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -263,6 +312,7 @@ def load_whisper_text_decoder(model_dir: str | os.PathLike, dtype: torch.dtype =
     decoder_state["mask_embedding"] = torch.zeros(config.d_model)
     decoder.load_state_dict(decoder_state, strict=True)
     decoder.init_mask_embedding()
+    decoder.alignment_heads = read_alignment_heads(path, decoder.num_layers, decoder.num_heads)
     return decoder.to(dtype).eval(), tokenizer
 
 
@@ -285,4 +335,4 @@ def annealed_mask(length: int, reveal: float, generator: torch.Generator | None,
 
 
 __all__ = ["CrossCache", "WhisperTextDecoder", "WhisperTokenizer", "annealed_mask", "causal_mask",
-           "load_whisper_text_decoder"]
+           "load_whisper_text_decoder", "word_alignment_heads"]
