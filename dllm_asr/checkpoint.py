@@ -98,23 +98,40 @@ def load_deltas(model: nn.Module, directory: str | Path) -> None:
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def export_model(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp16") -> Path:
+def export_model(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp16",
+                 interpolate: float | None = None) -> Path:
     """Copy a checkpoint's config and deltas to `out_dir` in `dtype`, without the training state.
 
     For shipping: fp16 halves the file (the model casts deltas back to its own dtype on load).
+    `interpolate` (Whisper-decoder models only) keeps that fraction of the fine-tuning's change,
+    moving the adapted decoder back toward the pretrained one (`interpolate_toward_base`).
     """
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     src = Path(checkpoint)
     if not (src / CONFIG_FILE).is_file() or not (src / WEIGHTS_FILE).is_file():
         raise ValueError(f"{src}: not a dllm-asr checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    stored = load_file(str(src / WEIGHTS_FILE))
+    stored = load_file(str(src / WEIGHTS_FILE)) if interpolate is None else _interpolated(src, interpolate)
     cast = {name: t.to(EXPORT_DTYPES[dtype]) if t.is_floating_point() else t for name, t in stored.items()}
     out = Path(out_dir)
     with _written_aside(out) as tmp:
         shutil.copyfile(src / CONFIG_FILE, tmp / CONFIG_FILE)
         save_file(cast, str(tmp / WEIGHTS_FILE))
     return out
+
+
+def _interpolated(checkpoint: Path, keep: float) -> dict[str, torch.Tensor]:
+    """The checkpoint's deltas after `interpolate_toward_base(keep)` (the base model is built for it)."""
+    from .loading import load_model  # loading imports this module
+
+    if not 0.0 < keep <= 1.0:  # said before the model is built
+        raise ValueError(f"--interpolate must be in (0, 1], got {keep}")
+    model = load_model(checkpoint)
+    if not hasattr(model, "interpolate_toward_base"):
+        raise ValueError(f"{checkpoint}: --interpolate needs a model with a pretrained base decoder "
+                         "(decoder kind 'whisper')")
+    model.interpolate_toward_base(keep)
+    return delta_state_dict(model)
 
 
 def save_train_state(state: dict[str, Any], directory: str | Path) -> None:

@@ -6,7 +6,7 @@
     dllm-asr eval --model M --data D [--strategy S] --out DIR
     dllm-asr score REF HYP
     dllm-asr bench --model M --data D --out DIR [--grid GRID.yaml]
-    dllm-asr export CHECKPOINT OUT [--dtype fp16]
+    dllm-asr export CHECKPOINT OUT [--dtype fp16] [--interpolate KEEP]
     dllm-asr corpus OUT_DIR [options]
 """
 
@@ -262,7 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import export_model
 
-    out = export_model(args.checkpoint, args.out, dtype=args.dtype)
+    out = export_model(args.checkpoint, args.out, dtype=args.dtype, interpolate=args.interpolate)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"{out}: {size:.1f} MB ({args.dtype})")
     return 0
@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint directory (e.g. runs/x/checkpoints/best)")
     p.add_argument("out", help="output directory: new, empty, or an earlier export (never a folder holding anything else)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16", help="dtype of the exported deltas")
+    p.add_argument("--interpolate", type=float, metavar="KEEP",
+                   help="Whisper-decoder models: keep this fraction (0, 1] of the fine-tuning's change to the "
+                        "decoder, the rest back toward the pretrained decoder (WiSE-FT; the default model keeps 0.6)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP server: OpenAI-compatible /v1/audio/transcriptions and a web page at /")

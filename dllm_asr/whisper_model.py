@@ -75,6 +75,20 @@ class WhisperDiffusionASR(SpeechModel):
         """Parameters no training stage may change, whatever parts it names."""
         return {"decoder.embed_tokens.weight"}
 
+    @torch.no_grad()
+    def interpolate_toward_base(self, keep: float) -> None:
+        """Keep the fraction `keep` of what fine-tuning changed in the adapted decoder:
+        decoder <- base + keep * (decoder - base), parameter by parameter (WiSE-FT, Wortsman et
+        al. 2022, arXiv 2109.01903). The pretrained decoder knows real speech; the fine-tuning
+        saw only synthetic voices, and on real recordings part of its change is overfitting
+        (docs/default-model.md). `keep` = 1 leaves the model as it is."""
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"--interpolate must be in (0, 1], got {keep}")
+        base = dict(self.base_decoder.named_parameters())
+        for name, param in self.decoder.named_parameters():
+            if name in base and base[name] is not param:  # the token table is shared, not adapted
+                param.copy_(torch.lerp(base[name].to(param.dtype), param, keep))
+
     # ---------------------------------------------------------------- audio
 
     def features(self, audios: Sequence[np.ndarray], pad_to_30s: bool | None = None) -> tuple[Tensor, Tensor]:

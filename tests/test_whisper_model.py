@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dllm_asr.audio import load_audio
-from dllm_asr.checkpoint import WEIGHTS_FILE, save_model
+from dllm_asr.checkpoint import WEIGHTS_FILE, export_model, save_model
 from dllm_asr.config import DecoderConfig, EncoderConfig, LoraSettings, ModelConfig
 from dllm_asr.loading import build_model, load_model
 from dllm_asr.metrics import normalize as normalize_text
@@ -116,6 +116,36 @@ def test_checkpoint_holds_only_the_adapted_decoder(whisper_model, example, tmp_p
         with torch.no_grad():
             whisper_model.decoder.mask_embedding.sub_(0.5)
             whisper_model.decoder.layers[0].fc1.bias.sub_(0.01)
+
+
+def test_export_interpolates_the_adapted_decoder_toward_the_pretrained_one(tmp_path, tiny_model):
+    """WiSE-FT: every adapted parameter becomes base + keep * (tuned - base); nothing else moves."""
+    torch.manual_seed(0)
+    tuned = build_model(whisper_config()).eval()
+    with torch.no_grad():
+        for param in tuned.decoder.parameters():
+            if param is not tuned.decoder.embed_tokens.weight:
+                param.add_(torch.randn_like(param))
+    save_model(tuned, tmp_path / "ckpt")
+    export_model(tmp_path / "ckpt", tmp_path / "out", dtype="fp32", interpolate=0.25)
+    loaded = load_model(tmp_path / "out")
+    base = dict(tuned.base_decoder.named_parameters())
+    for name, param in loaded.decoder.named_parameters():
+        expected = base[name] + 0.25 * (dict(tuned.decoder.named_parameters())[name] - base[name])
+        torch.testing.assert_close(param, expected, rtol=0, atol=1e-6)
+    for name, param in loaded.base_decoder.named_parameters():
+        torch.testing.assert_close(param, base[name], rtol=0, atol=0)
+    exported = load_model(tmp_path / "ckpt")
+    exported.interpolate_toward_base(1.0)  # keep everything: unchanged
+    for (name, a), b in zip(exported.decoder.named_parameters(), tuned.decoder.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for keep in (0.0, 1.5):
+        with pytest.raises(ValueError, match="--interpolate must be in"):
+            export_model(tmp_path / "ckpt", tmp_path / "bad", interpolate=keep)
+    save_model(tiny_model, tmp_path / "llada")
+    with pytest.raises(ValueError, match="needs a model with a pretrained base decoder"):
+        export_model(tmp_path / "llada", tmp_path / "bad", interpolate=0.5)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_annealed_attention_goes_from_causal_to_bidirectional(whisper_model):
