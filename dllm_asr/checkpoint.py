@@ -21,6 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .files import give_normal_mode
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_TENSORS = "train_state.safetensors"
@@ -120,12 +122,17 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp16
     return out
 
 
+def check_keep(keep: float) -> None:
+    """The fraction of a fine-tuning's change that `--interpolate` keeps must be in (0, 1]."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"--interpolate must be in (0, 1], got {keep}")
+
+
 def _interpolated(checkpoint: Path, keep: float) -> dict[str, torch.Tensor]:
     """The checkpoint's deltas after `interpolate_toward_base(keep)` (the base model is built for it)."""
     from .loading import load_model  # loading imports this module
 
-    if not 0.0 < keep <= 1.0:  # said before the model is built
-        raise ValueError(f"--interpolate must be in (0, 1], got {keep}")
+    check_keep(keep)  # said before the model is built
     model = load_model(checkpoint)
     if not hasattr(model, "interpolate_toward_base"):
         raise ValueError(f"{checkpoint}: --interpolate needs a model with a pretrained base decoder "
@@ -190,7 +197,8 @@ def _written_aside(directory: Path) -> Iterator[Path]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     yield tmp
-    _give_normal_permissions(tmp)
+    for path in tmp.iterdir():  # safetensors writes its files owner-only
+        give_normal_mode(path)
     _replace_dir(tmp, directory)
 
 
@@ -198,14 +206,6 @@ def _absent_or_checkpoint(path: Path) -> bool:
     if not path.exists():
         return True
     return path.is_dir() and all(f.is_file() and f.name in CHECKPOINT_FILES for f in path.iterdir())
-
-
-def _give_normal_permissions(directory: Path) -> None:
-    """safetensors writes its files owner-only (0600); give them the mode any new file gets here."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in directory.iterdir():
-        os.chmod(path, 0o666 & ~umask)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

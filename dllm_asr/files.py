@@ -23,8 +23,9 @@ def _temp_beside(path: Path) -> Path:
     return Path(name)
 
 
-def _normal_mode(path: Path) -> None:
-    """mkstemp creates files owner-only (0600): give the mode any new file gets under this umask."""
+def give_normal_mode(path: Path) -> None:
+    """mkstemp and safetensors create files owner-only (0600): give the mode any new file gets
+    under this umask."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
@@ -32,7 +33,7 @@ def _normal_mode(path: Path) -> None:
 
 def _commit(temp: Path, path: Path) -> None:
     """Move a finished temporary file into place (one atomic rename)."""
-    _normal_mode(temp)
+    give_normal_mode(temp)
     os.replace(temp, path)
 
 

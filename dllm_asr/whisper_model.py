@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .audio import log_mel_batch, zero_pad_frames_to_30s
+from .checkpoint import check_keep
 from .config import ModelConfig
 from .decoders.causal import GeneratedTokens
 from .decoders.whisper import (CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask,
@@ -82,8 +83,7 @@ class WhisperDiffusionASR(SpeechModel):
         al. 2022, arXiv 2109.01903). The pretrained decoder knows real speech; the fine-tuning
         saw only synthetic voices, and on real recordings part of its change is overfitting
         (docs/default-model.md). `keep` = 1 leaves the model as it is."""
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"--interpolate must be in (0, 1], got {keep}")
+        check_keep(keep)
         base = dict(self.base_decoder.named_parameters())
         for name, param in self.decoder.named_parameters():
             if name in base and base[name] is not param:  # the token table is shared, not adapted
