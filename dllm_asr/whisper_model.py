@@ -48,7 +48,12 @@ class WhisperDiffusionASR(SpeechModel):
         self.ctc_head = ctc_head
         self.adapter = None
         self._tokenizer = tokenizer
-        self.register_buffer("prompt_ids", torch.tensor(tokenizer.prompt_ids(), dtype=torch.long), persistent=False)
+        self.register_buffer("prompt_ids", torch.tensor(tokenizer.task_prompt_ids(), dtype=torch.long),
+                             persistent=False)
+        """The adapted (diffusion) decoder's prompt."""
+        self.register_buffer("base_prompt_ids", torch.tensor(tokenizer.prompt_ids(), dtype=torch.long),
+                             persistent=False)
+        """The pretrained decoder's prompt, Whisper's own (2 tokens for an English-only checkpoint)."""
         self.register_buffer("suppress_ids", torch.tensor(tokenizer.non_speech_ids(), dtype=torch.long),
                              persistent=False)
         self.attention_reveal = 1.0
@@ -198,7 +203,7 @@ class WhisperDiffusionASR(SpeechModel):
         (docs/default-model.md)."""
         decoder = self.base_decoder
         cross = self._cross(audio, decoder)
-        start = self.prompt_ids[None, :1].expand(audio.embeds.shape[0], -1)
+        start = self.base_prompt_ids[None, :1].expand(audio.embeds.shape[0], -1)
         hidden, _ = decoder(start, torch.zeros_like(start), causal_mask(1, 0, self.device), cross)
         return self._no_speech_after_start(hidden[:, 0])
 
@@ -223,8 +228,8 @@ class WhisperDiffusionASR(SpeechModel):
         target = torch.cat([tokens, tokens.new_full((batch, 1), self.eos_id)], dim=1)
         target = target.masked_fill(torch.arange(length + 1, device=tokens.device)[None] >= lengths[:, None],
                                     self.eos_id)
-        prompt = self.prompt_ids.shape[0]
-        ids = torch.cat([self.prompt_ids[None].expand(batch, -1), target], dim=1)
+        prompt = self.base_prompt_ids.shape[0]
+        ids = torch.cat([self.base_prompt_ids[None].expand(batch, -1), target], dim=1)
         positions = torch.arange(ids.shape[1], device=tokens.device)[None].expand(batch, -1)
         weights: list[Tensor] = []
         hidden, _ = decoder(ids, positions, causal_mask(ids.shape[1], 0, tokens.device), self._cross(audio, decoder),
@@ -256,7 +261,7 @@ class WhisperDiffusionASR(SpeechModel):
         if audio is None or not self.config.encoder.pad_to_30s:  # only 30-s padded output is reusable
             audio = self.encode(*self.features(audios, pad_to_30s=True))
         cross = self._cross(audio, self.base_decoder)
-        limit = min(max_new_tokens, self.base_decoder.max_positions - self.prompt_ids.shape[0])
+        limit = min(max_new_tokens, self.base_decoder.max_positions - self.base_prompt_ids.shape[0])
         best = self._sample_ar(cross, limit, temperature=0.0)
         nfe = best.nfe
         if fallback:
@@ -277,7 +282,7 @@ class WhisperDiffusionASR(SpeechModel):
         from softmax(logits / temperature) otherwise."""
         decoder = self.base_decoder
         batch = cross.mask.shape[0]
-        ids = self.prompt_ids[None].expand(batch, -1)
+        ids = self.base_prompt_ids[None].expand(batch, -1)
         positions = torch.arange(ids.shape[1], device=self.device)[None].expand(batch, -1)
         hidden, past = decoder(ids, positions, causal_mask(ids.shape[1], 0, self.device), cross)
         no_speech = self._no_speech_after_start(hidden[:, 0])

@@ -140,7 +140,7 @@ def word_timestamps(model, audio: AudioContext, token_ids_per_row: Sequence[Sequ
     lists, times in seconds from the start of each row's audio, not yet clamped to anything.
     """
     eot = model.tokenizer.eot
-    limit = model.base_decoder.max_positions - model.prompt_ids.shape[0] - 1
+    limit = model.base_decoder.max_positions - model.base_prompt_ids.shape[0] - 1
     texts = [[int(t) for t in row if int(t) < eot][:limit] for row in token_ids_per_row]
     lengths = torch.tensor([len(row) for row in texts], device=model.device)
     if not texts or int(lengths.max()) == 0:

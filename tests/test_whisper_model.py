@@ -48,9 +48,11 @@ def test_ar_baseline_matches_faster_whisper_on_the_example(whisper_model, exampl
     assert normalize_text(ours) == normalize_text((ASSETS / "example.txt").read_text())
 
 
-def test_shifted_logits_reproduce_the_pretrained_ar_decoding(whisper_model, example):
-    """Before any training the adapted decoder is the pretrained one: with causal attention and the
-    shift, teacher-forced logits at response position i must predict the AR model's token i."""
+def test_shifted_logits_reproduce_the_pretrained_ar_decoding(whisper_model, example, monkeypatch):
+    """Before any training the adapted decoder is the pretrained one: with causal attention, the
+    shift and the same prompt, teacher-forced logits at response position i must predict the AR
+    model's token i."""
+    monkeypatch.setattr(whisper_model, "prompt_ids", whisper_model.base_prompt_ids)
     generated = whisper_model.generate_ar([example], 40)[0]
     tokens = torch.tensor([generated + [whisper_model.eos_id]])
     audio = whisper_model.encode(*whisper_model.features([example], pad_to_30s=True))
@@ -76,6 +78,16 @@ def test_mask_is_an_input_only_token(whisper_model):
     assert decoder.vocab_size == whisper_model.eos_id + 1 <= whisper_model.mask_id
     assert whisper_model.tokenizer.decode([whisper_model.eos_id, 50257, 50362]) == ""
     assert whisper_model.tokenizer("Hello there.")["input_ids"][0] == whisper_model.tokenizer.fast.encode(" Hello", add_special_tokens=False)[0]
+
+
+def test_the_pretrained_decoder_gets_whispers_english_only_prompt(whisper_model):
+    """tiny.en's vocabulary holds <|en|> and <|transcribe|> too, but Whisper prompts an English-only
+    checkpoint with [sot, notimestamps]; the diffusion decoder keeps the 4-token prompt it was
+    trained with."""
+    tokenizer = whisper_model.tokenizer
+    assert tokenizer.english_only and tokenizer.eot == 50256
+    assert tokenizer.prompt_ids() == [50257, 50362] == whisper_model.base_prompt_ids.tolist()
+    assert tokenizer.task_prompt_ids() == [50257, 50258, 50358, 50362] == whisper_model.prompt_ids.tolist()
 
 
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])

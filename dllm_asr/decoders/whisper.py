@@ -33,6 +33,10 @@ from ..block_cache import scatter_columns
 from .base import DecoderLoadError
 
 
+ENGLISH_ONLY_EOT = 50256
+"""<|endoftext|>'s id in an English-only Whisper vocabulary (50257 in a multilingual one)."""
+
+
 class WhisperTokenizer:
     """Whisper's byte-level BPE (``tokenizer.json``) with the conventions of its transcripts.
 
@@ -51,7 +55,10 @@ class WhisperTokenizer:
         self.no_timestamps = self.token_id("<|notimestamps|>")
         vocabulary = self.fast.get_vocab()  # older multilingual vocabularies name it <|nocaptions|>
         self.no_speech = self.token_id("<|nospeech|>" if "<|nospeech|>" in vocabulary else "<|nocaptions|>")
-        self.english_only = self.fast.convert_tokens_to_ids("<|en|>") in (None, self.fast.unk_token_id)
+        # English-only checkpoints keep GPT-2's 50,257 text tokens, so <|endoftext|> is 50256;
+        # multilingual ones add a token before it. Both vocabularies hold <|en|>, so its presence
+        # does not tell them apart (openai-whisper uses the embedding count, n_vocab < 51865).
+        self.english_only = self.eot == ENGLISH_ONLY_EOT
         self.blank = self.fast.encode(" ", add_special_tokens=False)[0]
         """The lone-space token; Whisper never starts a transcript with it (suppress_blank)."""
 
@@ -65,9 +72,17 @@ class WhisperTokenizer:
         return self.token_id(token)
 
     def prompt_ids(self, language: str = "en") -> list[int]:
-        """Whisper's decoder prompt for transcription without timestamps."""
+        """Whisper's own decoder prompt for transcription without timestamps, as the pretrained
+        decoder was trained: [sot, notimestamps] for an English-only checkpoint, [sot, language,
+        transcribe, notimestamps] for a multilingual one."""
         if self.english_only:
             return [self.sot, self.no_timestamps]
+        return self.task_prompt_ids(language)
+
+    def task_prompt_ids(self, language: str = "en") -> list[int]:
+        """[sot, language, transcribe, notimestamps] whatever the checkpoint: the prompt the
+        diffusion decoder is trained and decoded with (every Whisper vocabulary has these tokens;
+        the shipped default model was trained with it on tiny.en)."""
         return [self.sot, self.token_id(f"<|{language}|>"), self.token_id("<|transcribe|>"), self.no_timestamps]
 
     def non_speech_ids(self) -> list[int]:
