@@ -7,10 +7,13 @@ fill it in; `transcribe_files` adds file loading that skips (and reports) unread
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import math
 import os
+import platform
+import sys
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -249,14 +252,52 @@ def decode_windows(model: SpeechLLM, pieces: Iterable[tuple[int, int, np.ndarray
     `batch_size` at a time, in order; yields (clip index, the piece's segment, its transcript)."""
     pieces = iter(pieces)
     while batch := list(itertools.islice(pieces, batch_size)):
-        spans = [speech_samples(piece) for _, _, piece, _ in batch]
-        # A piece cut from a longer clip is decoded from its sound only: the pauses around it
-        # would lengthen the block. A clip short enough to be one piece (start 0, never cut) is
-        # decoded whole, as the model was trained.
-        decoded = _transcribe_windows(model, [piece if whole else piece[a:b]
-                                              for (_, _, piece, whole), (a, b) in zip(batch, spans)], options)
-        for (i, start, _, whole), (a, b), transcript in zip(batch, spans, decoded):
-            yield i, segment_of(start + a, b - a, transcript, start if whole else start + a), transcript
+        decoded = _decode_batch(model, batch, options)
+        del batch  # its audio is not needed while the caller takes the texts and the next batch is read
+        release_freed_memory()  # once per batch: the batch's tensors are gone, only its texts remain
+        yield from decoded
+
+
+def _decode_batch(model: SpeechLLM, batch: list[tuple[int, int, np.ndarray, bool]],
+                  options: TranscribeOptions) -> list[tuple[int, Segment, Transcript]]:
+    """`decode_windows` for one batch of pieces: (clip index, segment, transcript) per piece.
+    Nothing here outlives the call (no loop variable keeps a window's samples alive)."""
+    spans = [speech_samples(piece) for _, _, piece, _ in batch]
+    # A piece cut from a longer clip is decoded from its sound only: the pauses around it
+    # would lengthen the block. A clip short enough to be one piece (start 0, never cut) is
+    # decoded whole, as the model was trained.
+    decoded = _transcribe_windows(model, [piece if whole else piece[a:b]
+                                          for (_, _, piece, whole), (a, b) in zip(batch, spans)], options)
+    return [(i, segment_of(start + a, b - a, transcript, start if whole else start + a), transcript)
+            for (i, start, _, whole), (a, b), transcript in zip(batch, spans, decoded)]
+
+
+def release_freed_memory() -> bool:
+    """Give the pages of freed C-heap memory back to the OS (glibc's `malloc_trim`); True if it ran.
+
+    Why: every batch of windows allocates tensors of new shapes (window and block lengths vary).
+    glibc raises its mmap threshold as large blocks are freed, so these land in its heap, and the
+    freed gaps between them stay resident: a long recording's resident set grew with the number
+    of batches although the memory in use did not. Trimming after each batch bounds it. A no-op
+    (False) off Linux/glibc."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, None where there is none (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def speech_samples(piece: np.ndarray) -> tuple[int, int]:
