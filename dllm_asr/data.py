@@ -30,6 +30,8 @@ import soundfile
 import torch
 from scipy.signal import fftconvolve, resample_poly
 
+from .files import atomic_writer
+
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("skip", "stop")
@@ -296,8 +298,9 @@ def load_dataset(path: str | Path, on_error: str = "stop") -> list[Utterance]:
 
 
 def write_jsonl_manifest(utterances: Sequence[Utterance], path: str | Path) -> None:
-    """Write utterances as a JSONL manifest (absolute audio paths; unset fields left out)."""
-    with open(path, "w", encoding="utf-8") as out:
+    """Write utterances as a JSONL manifest (absolute audio paths; unset fields left out), whole
+    or not at all (`files.atomic_writer`)."""
+    with atomic_writer(path) as out:
         for utt in utterances:
             record = {"id": utt.id, "audio": str(Path(utt.audio).resolve()), "text": utt.text,
                       "duration": utt.duration, "offset": utt.offset or None, "prior": utt.prior,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,18 @@ def test_write_and_read_back_manifest(tmp_path):
     write_jsonl_manifest(utts, tmp_path / "out.jsonl")
     back = read_jsonl_manifest(tmp_path / "out.jsonl")
     assert back[0].text == "hi" and back[0].offset == 0.5 and back[0].prior == "hey" and back[0].duration == 1.5
+
+
+def test_a_manifest_is_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text("the previous manifest\n")
+
+    good = Utterance("a", str(tmp_path / "a.wav"), "hi")
+    broken = types.SimpleNamespace(id="b")  # fails after the first line is written
+    with pytest.raises(AttributeError):
+        write_jsonl_manifest([good, broken], path)
+    assert path.read_text() == "the previous manifest\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary file left
 
 
 # ----------------------------------------------------------------------------- dataset and bad input
