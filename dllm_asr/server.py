@@ -22,6 +22,7 @@ import json
 import math
 import os
 import queue
+import socket
 import tempfile
 import threading
 import time
@@ -360,12 +361,35 @@ def trace_events(model, transcript: Transcript, options: TranscribeOptions, seco
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),
           device: str = "cpu") -> None:
-    """Load the model and serve it until interrupted (SIGINT/SIGTERM finish in-flight requests)."""
+    """Load the model and serve it until interrupted (SIGINT/SIGTERM finish in-flight requests).
+
+    The port is taken before the model loads, so a busy one is reported at once, not after it."""
     import uvicorn
 
     from .loading import load_model
 
-    model = load_model(model_path, device=device)
-    app = create_app(model, limits, model_name=Path(str(model_path)).name)
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=int(limits.timeout_seconds),
-                log_level=os.environ.get("DLLM_ASR_LOG_LEVEL", "info"))
+    listening = listen_on(host, port)
+    try:
+        model = load_model(model_path, device=device)
+        app = create_app(model, limits, model_name=Path(str(model_path)).name)
+        config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=int(limits.timeout_seconds),
+                                log_level=os.environ.get("DLLM_ASR_LOG_LEVEL", "info"))
+        uvicorn.Server(config).run(sockets=[listening])
+    finally:
+        listening.close()
+
+
+def listen_on(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port); OSError naming --host or --port when it cannot be."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:
+        raise OSError(f"--host {host}: {error.strerror}") from None
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart may rebind at once
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        raise OSError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror})") from None
+    return listening

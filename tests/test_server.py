@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from dllm_asr.inference import TranscribeOptions, transcribe_batch  # noqa: E402
-from dllm_asr.server import ServerLimits, create_app  # noqa: E402
+from dllm_asr.server import ServerLimits, create_app, listen_on  # noqa: E402
 from tests.conftest import ASSETS, DATA  # noqa: E402
 
 FAST = {"steps": "2", "length": "4"}  # the tiny random model: two steps over four positions
@@ -140,6 +140,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_busy_port_is_reported_before_the_model_loads(monkeypatch, capsys):
+    from dllm_asr import cli, loading
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded although the port is taken")
+
+    monkeypatch.setattr(loading, "load_model", load_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"dllm-asr serve: error: --port {port}: cannot listen on 127.0.0.1:{port}"), error
+    assert len(error.splitlines()) == 1
+
+
+def test_listen_on_binds_the_port_it_is_given():
+    port = free_port()
+    with listen_on("127.0.0.1", port) as listening:
+        assert listening.getsockname() == ("127.0.0.1", port)
 
 
 @pytest.fixture()
