@@ -151,7 +151,8 @@ def model_priors(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioCon
         return ctc_greedy_decode(audio.ctc_log_probs, audio.encoder_lengths)
     if model.supports_ar:
         max_new = int(block_lengths(model, audios, options).max())
-        return [model.tokenizer.decode(row) for row in model.generate_ar(audios, max_new, audio=audio)]
+        rows = model.generate_ar(audios, max_new, audio=audio, initial_prompt=options.initial_prompt)
+        return [model.tokenizer.decode(row) for row in rows]
     raise ValueError("prior-guided decoding needs a prior: a model with a CTC head or an AR decoder, "
                      "or priors given with the clips")
 
@@ -402,7 +403,7 @@ def decode_speech(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioCo
     """Decode clips already encoded in `audio` with `options.strategy`."""
     if options.strategy == "ar":
         max_new = int(block_lengths(model, audios, options).max())
-        rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio)
+        rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt)
         confidences = rows.confidences or [None] * len(rows)
         return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
                            truncated=len(r) >= max_new, confidences=c) for r, c in zip(rows, confidences)]

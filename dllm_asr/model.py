@@ -126,9 +126,12 @@ class SpeechLLM(SpeechModel):
         return self.config.objective == "ar"
 
     def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
-                    audio: AudioContext | None = None) -> GeneratedTokens:
+                    audio: AudioContext | None = None, initial_prompt: str | None = None) -> GeneratedTokens:
         """Autoregressive decoding after the `[prompt | audio]` prefix (the Whisper-LLaMA baseline).
-        `audio`: the clips already encoded (`encode_audio(audios)`), to save the encoder pass."""
+        `audio`: the clips already encoded (`encode_audio(audios)`), to save the encoder pass.
+        `initial_prompt`: refused; only the Whisper family was trained with previous-text context."""
+        if initial_prompt:
+            raise ValueError("--initial-prompt: only Whisper-family models take a previous-text prompt")
         embeds, mask = self.prefix(self.encode_audio(audios) if audio is None else audio)
         return ar_generate(self.decoder, embeds, mask, max_new_tokens, num_beams, self.eos_id)
 

@@ -68,6 +68,10 @@ class TranscribeOptions:
     word_timestamps: bool = False
     """Time each word (start, end, probability) from the pretrained Whisper decoder's alignment
     heads: one more decoder pass per segment (Whisper family only)."""
+    initial_prompt: str | None = None
+    """Text said before the audio (names, spellings, style), given to Whisper's pretrained decoder
+    as previous-text context, as Whisper's --initial_prompt, here to every window: --strategy ar,
+    and prior's AR prior. The diffusion decoder was not trained with such context."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -90,6 +94,9 @@ class TranscribeOptions:
             raise ValueError(f"--window-seconds must be > 0, got {self.window_seconds}")
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
             raise ValueError(f"--no-speech-threshold must be in [0, 1], got {self.no_speech_threshold}")
+        if self.initial_prompt and self.strategy not in ("ar", "prior"):
+            raise ValueError("--initial-prompt: only --strategy ar and --strategy prior (its AR prior) use it; "
+                             "the diffusion decoder was not trained with previous-text context")
         if self.temperature < 0 or self.margin < 0 or self.tokens_per_second <= 0:
             raise ValueError("--temperature and --margin must be >= 0 and --tokens-per-second > 0, got "
                              f"{self.temperature}, {self.margin}, {self.tokens_per_second}")

@@ -249,20 +249,23 @@ class WhisperDiffusionASR(SpeechModel):
 
     @torch.no_grad()
     def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
-                    audio: AudioContext | None = None, fallback: bool = True) -> GeneratedTokens:
+                    audio: AudioContext | None = None, fallback: bool = True,
+                    initial_prompt: str | None = None) -> GeneratedTokens:
         """Whisper's own decoding with the pretrained decoder and a KV cache, on 30-s padded input
         as Whisper was trained: greedy, with Whisper's temperature fallback (`fallback`; see
         `FALLBACK_TEMPERATURES`). Special, timestamp and non-speech symbol tokens are suppressed,
         and EOS and a lone space at the first step (Whisper's suppress_blank). `audio`: the clips already encoded,
-        reused when it is 30-s padded. Returns one token list per row and `.nfe` (forward passes
-        of the network, fallback passes included)."""
+        reused when it is 30-s padded. `initial_prompt`: text given to every row as Whisper's
+        previous-text context (`ar_prompt_ids`). Returns one token list per row and `.nfe`
+        (forward passes of the network, fallback passes included)."""
         if num_beams != 1:
             raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
         if audio is None or not self.config.encoder.pad_to_30s:  # only 30-s padded output is reusable
             audio = self.encode(*self.features(audios, pad_to_30s=True))
         cross = self._cross(audio, self.base_decoder)
-        limit = min(max_new_tokens, self.base_decoder.max_positions - self.base_prompt_ids.shape[0])
-        best = self._sample_ar(cross, limit, temperature=0.0)
+        prompt = self.ar_prompt_ids(initial_prompt)
+        limit = min(max_new_tokens, self.base_decoder.max_positions - prompt.shape[0])
+        best = self._sample_ar(cross, prompt, limit, temperature=0.0)
         nfe = best.nfe
         if fallback:
             generator = torch.Generator(device=self.device).manual_seed(0)  # the same transcript every run
@@ -271,21 +274,29 @@ class WhisperDiffusionASR(SpeechModel):
                 if not redo:
                     break
                 rows = torch.tensor(redo, device=self.device).repeat_interleave(FALLBACK_BEST_OF)
-                tried = self._sample_ar(cross.select(rows), limit, temperature, generator)
+                tried = self._sample_ar(cross.select(rows), prompt, limit, temperature, generator)
                 nfe += tried.nfe
                 best.keep_better(redo, tried.best_of(FALLBACK_BEST_OF))
         return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs)
 
-    def _sample_ar(self, cross: CrossCache, limit: int, temperature: float,
+    def ar_prompt_ids(self, initial_prompt: str | None = None) -> Tensor:
+        """The pretrained decoder's whole prompt, (P,): Whisper's previous-text context for
+        `initial_prompt` (<|startofprev|> and at most the text's last max_positions // 2 - 1
+        tokens, Whisper's cut), then `base_prompt_ids`."""
+        context = self.tokenizer.previous_text_ids(initial_prompt, self.base_decoder.max_positions // 2 - 1)
+        return torch.cat([torch.tensor(context, dtype=torch.long, device=self.device), self.base_prompt_ids])
+
+    def _sample_ar(self, cross: CrossCache, prompt: Tensor, limit: int, temperature: float,
                    generator: torch.Generator | None = None) -> "ARSamples":
-        """One causal decoding pass over every row of `cross`: greedy at temperature 0, sampled
-        from softmax(logits / temperature) otherwise."""
+        """One causal decoding pass over every row of `cross` after `prompt` (P,): greedy at
+        temperature 0, sampled from softmax(logits / temperature) otherwise."""
         decoder = self.base_decoder
         batch = cross.mask.shape[0]
-        ids = self.base_prompt_ids[None].expand(batch, -1)
+        ids = prompt[None].expand(batch, -1)
         positions = torch.arange(ids.shape[1], device=self.device)[None].expand(batch, -1)
         hidden, past = decoder(ids, positions, causal_mask(ids.shape[1], 0, self.device), cross)
-        no_speech = self._no_speech_after_start(hidden[:, 0])
+        start = ids.shape[1] - self.base_prompt_ids.shape[0]  # <|startoftranscript|>, after any context
+        no_speech = self._no_speech_after_start(hidden[:, start])
         out = torch.full((batch, 0), self.eos_id, dtype=torch.long, device=self.device)
         logprob = torch.zeros(batch, device=self.device)
         token_probs = []  # per step (B,): the chosen token's probability under the greedy softmax

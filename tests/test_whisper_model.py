@@ -90,6 +90,28 @@ def test_the_pretrained_decoder_gets_whispers_english_only_prompt(whisper_model)
     assert tokenizer.task_prompt_ids() == [50257, 50258, 50358, 50362] == whisper_model.prompt_ids.tolist()
 
 
+def test_initial_prompt_is_whispers_previous_text_context(whisper_model, example):
+    tokenizer = whisper_model.tokenizer
+    previous = tokenizer.token_id("<|startofprev|>")
+    fox = tokenizer.fast.encode(" Fox.", add_special_tokens=False)
+    assert whisper_model.ar_prompt_ids(" Fox. ").tolist() == [previous, *fox, 50257, 50362]
+    assert whisper_model.ar_prompt_ids(None).tolist() == whisper_model.ar_prompt_ids("  ").tolist() == [50257, 50362]
+    long = whisper_model.ar_prompt_ids("word " * 400).tolist()
+    assert len(long) == 1 + 223 + 2 and long[0] == previous  # Whisper keeps the text's last 448 // 2 - 1 tokens
+    # the decoder follows the prompt's style, as Whisper's does: lower case, no full stop, "riverbank"
+    plain = transcribe_batch(whisper_model, [example], TranscribeOptions(strategy="ar"))[0].text
+    styled = transcribe_batch(whisper_model, [example], TranscribeOptions(
+        strategy="ar", initial_prompt="quick brown fox jumps over the lazy dog near the riverbank"))[0].text
+    assert plain == "The quick brown fox jumps over the lazy dog near the river bank."
+    assert styled == "the quick brown fox jumps over the lazy dog near the riverbank"
+
+
+def test_only_the_ar_decoders_take_an_initial_prompt():
+    with pytest.raises(ValueError, match="--initial-prompt: only --strategy ar"):
+        TranscribeOptions(strategy="threshold", initial_prompt="Names: Waldo.")
+    assert TranscribeOptions(strategy="prior", initial_prompt="Names: Waldo.").initial_prompt == "Names: Waldo."
+
+
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])
 def test_every_strategy_decodes_the_whisper_model(whisper_model, example, strategy):
     result = transcribe_batch(whisper_model, [example, example[:16000]],

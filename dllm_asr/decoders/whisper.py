@@ -79,6 +79,14 @@ class WhisperTokenizer:
             return [self.sot, self.no_timestamps]
         return self.task_prompt_ids(language)
 
+    def previous_text_ids(self, text: str | None, max_tokens: int) -> list[int]:
+        """Whisper's context before the prompt: [<|startofprev|>, the last `max_tokens` tokens of
+        " " + text], or [] for no text (Whisper's `--initial_prompt`)."""
+        if not text or not text.strip():
+            return []
+        tokens = self.fast.encode(" " + text.strip(), add_special_tokens=False)
+        return [self.token_id("<|startofprev|>")] + tokens[-max_tokens:]
+
     def task_prompt_ids(self, language: str = "en") -> list[int]:
         """[sot, language, transcribe, notimestamps] whatever the checkpoint: the prompt the
         diffusion decoder is trained and decoded with (every Whisper vocabulary has these tokens;
