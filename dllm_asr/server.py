@@ -1,9 +1,10 @@
 """A transcription server: OpenAI's `/v1/audio/transcriptions`, dynamic batching, a web page.
 
 `dllm-asr serve` runs `create_app` under uvicorn. Requests speak OpenAI's audio API (multipart
-`file`, `model`, `response_format` json | text | srt | vtt | verbose_json, `language`, `prompt`,
-`temperature`, `timestamp_granularities[]` ("word" adds verbose_json's `words`); unknown fields
-are ignored, as OpenAI does), so the official `openai` client and the apps built on it work
+`file`, `model`, `response_format` json | text | srt | vtt | verbose_json, `language`, `prompt`
+(the initial prompt of the AR strategies, ignored by the diffusion ones), `temperature`,
+`timestamp_granularities[]` ("word" adds verbose_json's `words`); unknown fields are ignored,
+as OpenAI does), so the official `openai` client and the apps built on it work
 unchanged. Extensions under their own names: `strategy`, `steps`,
 `threshold` (any `TranscribeOptions` field, in fact), `prior` with `mask` / `chunks` (deliberate
 a given transcript), and `POST /v1/audio/transcriptions/steps`, which streams the decoding trace
@@ -206,6 +207,9 @@ def request_options(model, form: dict) -> tuple[TranscribeOptions, tuple | None]
     for f in fields(TranscribeOptions):
         if f.name in form and f.name != "trace":
             changes[f.name] = parse_field(f.name, form[f.name], field_type(f))
+    if form.get("prompt") and "initial_prompt" not in changes and \
+            changes.get("strategy", model.config.decoding.get("strategy")) in ("ar", "prior"):
+        changes["initial_prompt"] = str(form["prompt"])  # OpenAI's `prompt`; the diffusion decoder takes none
     try:
         options = model_options(model, **changes)
     except ValueError as error:

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from dllm_asr.inference import TranscribeOptions, transcribe_batch  # noqa: E402
-from dllm_asr.server import ServerLimits, create_app, listen_on  # noqa: E402
+from dllm_asr.server import ServerLimits, create_app, listen_on, request_options  # noqa: E402
 from tests.conftest import ASSETS, DATA  # noqa: E402
 
 FAST = {"steps": "2", "length": "4"}  # the tiny random model: two steps over four positions
@@ -268,6 +268,13 @@ def test_shutdown_finishes_the_requests_in_flight(tiny_model):
     thread.join(timeout=30)
     assert answer.text
     assert not thread.is_alive()
+
+
+def test_openais_prompt_is_the_initial_prompt_of_the_ar_strategies_only(tiny_model):
+    assert request_options(tiny_model, {"prompt": "Waldo.", "strategy": "ar"})[0].initial_prompt == "Waldo."
+    assert request_options(tiny_model, {"prompt": "Waldo.", "strategy": "prior"})[0].initial_prompt == "Waldo."
+    assert request_options(tiny_model, {"prompt": "Waldo.", "strategy": "threshold"})[0].initial_prompt is None
+    assert request_options(tiny_model, {"prompt": "Waldo."})[0].initial_prompt is None  # the model's own: diffusion
 
 
 def test_a_given_prior_is_deliberated(client, tiny_model, real_clips):
