@@ -53,7 +53,7 @@ def test_disagreeing_predictor_fixes_exactly_that_position():
     assert result.nfe.tolist() == [1]
 
 
-def test_unconfident_disagreement_keeps_the_prior_token_until_forced():
+def test_only_a_confident_disagreement_overrides_the_prior():
     prior = torch.tensor([[1, 2, 3]])
     choice, conf = confident([[1, 5, 3]], 3)
     conf[0, 1] = 0.5  # disagreement at position 1, but not confident
@@ -62,8 +62,18 @@ def test_unconfident_disagreement_keeps_the_prior_token_until_forced():
     # Pass 1: positions 0 and 2 exit; position 1 is still live and shows its prior token.
     assert predictor.calls[1].tokens.tolist() == [[1, 2, 3]]
     assert result.trace[0].tolist() == [[1, 2, 3]]
-    # Pass 2: no confident position left, so the most confident live one (position 1) must exit.
-    assert result.committed == [[2, 1]] and result.tokens.tolist() == [[1, 5, 3]]
+    # Pass 2: no confident position left, so the most confident live one (position 1) must exit;
+    # below the threshold it keeps its prior token, whose probability the pass did not give
+    assert result.committed == [[2, 1]] and result.tokens.tolist() == [[1, 2, 3]]
+    assert result.confidences() == [[pytest.approx(0.99), None, pytest.approx(0.99)]]
+
+
+def test_a_forced_exit_fills_a_mask_with_the_prediction():
+    prior = torch.tensor([[1, MASK, 3]])
+    choice, conf = confident([[1, 5, 3]], 3)
+    conf[0, 1] = 0.5
+    result = decode(TablePredictor(choice, conf, V), prior, options(steps=3))
+    assert result.tokens.tolist() == [[1, 5, 3]] and result.confidences() == [pytest.approx([0.99, 0.5, 0.99])]
 
 
 def test_pruning_shrinks_what_the_predictor_receives():
@@ -138,9 +148,11 @@ def test_batched_prior_decoding_equals_each_row_alone():
 
 
 def test_prior_guided_confidence_is_the_probability_at_exit():
-    # Pass 1: position 0 exits confident (0.99); the rest stay live. Pass 2 (last allowed): all exit.
-    predictor = TablePredictor(torch.tensor([[1, 5, EOS]]), torch.tensor([[0.99, 0.6, 0.7]], dtype=torch.float64), V)
+    # Pass 1: position 0 exits confident (0.99); the rest stay live. Pass 2 (last allowed): all
+    # exit; position 1 agrees with its prior token below the threshold, the margin's mask is filled.
+    predictor = TablePredictor(torch.tensor([[1, 2, 4, EOS]]),
+                               torch.tensor([[0.99, 0.6, 0.7, 0.8]], dtype=torch.float64), V)
     prior, lengths = pack_priors([[1, 2]], EOS)
-    result = decode(predictor, prior, options(steps=2, margin=1, exit_threshold=0.95), lengths)
-    assert result.sequences() == [[1, 5]]
-    assert result.confidences() == [pytest.approx([0.99, 0.6])]
+    result = decode(predictor, prior, options(steps=2, margin=2, exit_threshold=0.95), lengths)
+    assert result.sequences() == [[1, 2, 4]]
+    assert result.confidences() == [pytest.approx([0.99, 0.6, 0.7])]

@@ -8,8 +8,12 @@ How prior tokens are treated (the papers leave it open; this is our rule):
   exits (is frozen): an agreeing prior token is thereby verified, a disagreeing one replaced,
   a mask filled. A live position below the threshold keeps its current token (prior or mask).
 - Each pass makes at least one position exit (the most confident live one), so the loop ends
-  within n_i + margin passes; at the last allowed pass (`steps`) every live position exits
-  with its predicted token.
+  within n_i + margin passes; at the last allowed pass (`steps`) every live position exits.
+  A position made to exit below the threshold keeps its prior token (a mask takes the
+  prediction; the kept token's confidence is None, as for a given token): only a confident
+  prediction overrides the prior. (Measured on the default model
+  with its AR prior, 326 held-out real clips: replacing at forced exits too gave 12.99% WER,
+  this rule 9.08%, the prior alone 7.00%.)
 - Pruning: once a position has exited as EOS, the row's block ends right after it: positions
   behind it are dropped (set to EOS and frozen), the row's length shrinks, and later passes
   send the predictor a narrower tokens tensor (width = longest remaining row).
@@ -108,9 +112,11 @@ def decode_prior_guided(
             generator, options.mask_id, options.seed
         )
         leaving = select_exits(scores, live, options.exit_threshold, last_pass=pass_index == options.steps - 1)
-        tokens[rows, :width] = torch.where(leaving, predicted, block)
+        replaced = leaving & ((scores >= options.exit_threshold) | (block == options.mask_id))
+        tokens[rows, :width] = torch.where(replaced, predicted, block)
         exited[rows, :width] |= leaving
-        log.record_confidence(rows, leaving, probs)
+        # a kept prior token the model disagreed with has no probability here: its confidence stays None
+        log.record_confidence(rows, leaving & (tokens[rows, :width] == predicted), probs)
         if options.prune:
             lengths = prune_after_eos(tokens, exited, lengths, options.eos_id)
         log.record_step(rows.tolist(), leaving.sum(dim=1).tolist(), tokens)
