@@ -286,9 +286,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from .corpus import main as corpus_main
+    if args.asterisk:
+        return write_asterisk(Path(args.out_dir) / "asterisk.jsonl", args.overwrite)
+    from .corpus import build_corpus
 
-    return corpus_main(args.corpus_args) or 0
+    defaults = {name: value for name, value in (("engines", args.engines), ("sources", args.sources))
+                if value is not None}  # not given: the corpus builder's own
+    path = build_corpus(args.out_dir, hours=args.hours, num_utterances=args.utterances, seed=args.seed,
+                        jobs=args.jobs, reverb_fraction=args.reverb_fraction, noise_fraction=args.noise_fraction,
+                        text_files=args.text_files, unseen_voices=args.unseen_voices, overwrite=args.overwrite,
+                        **defaults)
+    info = json.loads(path.read_text())
+    print(f"{path}: {info['hours']:.3f} h in {info['build_seconds']:.1f} s")
+    return 0
+
+
+def write_asterisk(out_path: Path, overwrite: bool) -> int:
+    from .recordings import build_asterisk_manifest
+
+    summary = build_asterisk_manifest(out_path, overwrite=overwrite)
+    print(f"{out_path}: {summary['utterances']} real utterances, {summary['minutes']:.1f} min "
+          f"({summary['skipped_text']} prompts skipped: tones, letters, keys; {summary['too_long']} over 30 s; "
+          f"{summary['missing_audio']} without audio, {summary['unreadable']} unreadable)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.model, args.corpus, args.out, args.ar_model, args.max_utterances, args.notes,
+                        args.device, args.batch_size, args.grid, args.reuse, args.against)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_slice_probe(args: argparse.Namespace) -> int:
+    from .slice_probe import slice_losses
+
+    for spec, kept, loss in slice_losses(args.decoder, args.texts, args.max_texts, args.layers):
+        print(f"layers {spec:>12}  ({kept:2d} kept)  next-token loss {loss:.2f} nats/token")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,18 +417,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request gets 504")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("corpus", help="synthesise an English speech corpus", add_help=False)
-    p.add_argument("corpus_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("corpus", help="synthesise an English speech corpus, or list Asterisk's real recordings")
+    add_corpus_flags(p)
     p.set_defaults(func=cmd_corpus)
-    for name, command in sub.choices.items():
-        if name != "corpus":
-            # -v after the command too; SUPPRESS keeps a -v given before it
-            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                 help="log what the library does (INFO level); transcribe: print each segment as it is decoded")
-            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                 help="show the traceback of an error, not just its one line")
-            command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("report", help="regenerate docs/results.md: the bench grid on a corpus's two test splits")
+    p.add_argument("--model", required=True, help="the model's folder (a checkpoint or an export)")
+    p.add_argument("--ar-model", default=None, help="an AR model's folder for the baseline rows")
+    p.add_argument("--corpus", required=True, help="a folder with test_seen.jsonl and test_unseen.jsonl")
+    p.add_argument("--out", default="docs/results.md", help="the Markdown page to write")
+    p.add_argument("--max-utterances", type=int, default=None, help="first N clips of each split")
+    p.add_argument("--notes", default=None, help="Markdown discussion appended to the report")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips decoded together")
+    p.add_argument("--grid", default=None, help="YAML list of runs (default: the bench grid)")
+    p.add_argument("--reuse", action="store_true", help="keep the tables of splits already run")
+    p.add_argument("--against", choices=["faster-whisper"], default=None,
+                   help="add faster-whisper tiny.en (int8) on the same clips")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("slice-probe", help="is a decoder keeping only some layers still a language model?")
+    p.add_argument("--decoder", default="smollm2-135m", help="an hf decoder source")
+    p.add_argument("--texts", required=True, help="JSONL manifest whose 'text' fields are scored")
+    p.add_argument("--max-texts", type=int, default=48, help="first N texts of the manifest")
+    p.add_argument("--layers", nargs="+", default=["all", "0-3", "0-7", "0-15"],
+                   help="layer sets to keep: all, or ranges like 0-3,26-29")
+    p.set_defaults(func=cmd_slice_probe)
+    for command in sub.choices.values():
+        # -v after the command too; SUPPRESS keeps a -v given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log what the library does (INFO level); transcribe: print each segment as it is decoded")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error, not just its one line")
+        command.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
+
+
+def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+    """`dllm-asr corpus OUT_DIR (--hours H | --utterances N | --asterisk) ...`. Engines and text
+    sources are checked by the builder (its module is not imported to build this parser)."""
+    parser.add_argument("out_dir", help="output folder (created; must be empty unless --overwrite)")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--hours", type=float, help="total hours of audio (approximate)")
+    size.add_argument("--utterances", type=int, help="total number of utterances")
+    size.add_argument("--asterisk", action="store_true",
+                      help="instead of synthesising, write OUT_DIR/asterisk.jsonl: real speech from Debian's "
+                           "asterisk-core-sounds-en (see dllm_asr.recordings)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the texts, voices and augmentation drawn")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="synthesis processes")
+    parser.add_argument("--engines", nargs="+", default=None,
+                        help="TTS engines: espeak-ng flite (the default), piper and hibari (`pip install "
+                             "'dllm-asr[tts]'`), festival (its Debian packages)")
+    parser.add_argument("--reverb-fraction", type=float, default=0.0, help="share of clips given room reverberation")
+    parser.add_argument("--noise-fraction", type=float, default=0.0, help="share of clips given noise")
+    parser.add_argument("--sources", nargs="*", default=None,
+                        help="Debian text corpora to read: fortunes bible wordnet gcide (the default); "
+                             "none: only --text-files")
+    parser.add_argument("--text-files", nargs="*", default=[], help="extra plain-text prose files")
+    parser.add_argument("--unseen-voices", nargs="+", default=None, help="'engine:voice' names")
+    parser.add_argument("--overwrite", action="store_true", help="replace a corpus this command built before")
 
 
 def shipped_recipes() -> list[str]:
@@ -420,8 +504,6 @@ def deliberation_options(args: argparse.Namespace) -> DeliberationOptions | None
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["corpus"]:  # its own parser: argparse.REMAINDER would reject a leading -h
-        return cmd_corpus(argparse.Namespace(corpus_args=argv[1:])) or 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

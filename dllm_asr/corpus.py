@@ -20,7 +20,6 @@ options, not of `jobs`.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import hashlib
@@ -30,7 +29,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -49,7 +47,7 @@ from dllm_asr.textnorm import normalize_sentence, split_sentences
 __all__ = [
     "SPLITS", "ESPEAK_ACCENTS", "ESPEAK_VARIANTS", "FLITE_VOICES", "DEFAULT_UNSEEN_VOICES",
     "ENGINES", "OPTIONAL_ENGINES", "ALL_ENGINES", "PIPER_VOICES", "HIBARI_VOICES", "FESTIVAL_VOICES",
-    "NATURAL_UNSEEN_VOICES", "TEXT_SOURCES", "build_corpus", "load_sentences", "main",
+    "NATURAL_UNSEEN_VOICES", "TEXT_SOURCES", "build_corpus", "load_sentences",
 ]
 
 SAMPLE_RATE = 16000
@@ -777,60 +775,3 @@ def _manifests(rows: list[dict], per_split: Mapping[str, list[str]]) -> tuple[di
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file (to compare builds)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`dllm-asr corpus OUT_DIR (--hours H | --utterances N) [--seed S] [--jobs J] ...`"""
-    parser = argparse.ArgumentParser(prog="dllm-asr corpus", description=build_corpus.__doc__.split("\n")[0])
-    parser.add_argument("out_dir", help="output folder (created; must be empty unless --overwrite)")
-    size = parser.add_mutually_exclusive_group(required=True)
-    size.add_argument("--hours", type=float, help="total hours of audio (approximate)")
-    size.add_argument("--utterances", type=int, help="total number of utterances")
-    size.add_argument("--asterisk", action="store_true",
-                      help="instead of synthesising, write OUT_DIR/asterisk.jsonl: real speech from Debian's "
-                           "asterisk-core-sounds-en (see dllm_asr.recordings)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ALL_ENGINES,
-                        help="TTS engines (default: espeak-ng flite); piper and hibari need "
-                             "`pip install 'dllm-asr[tts]'`, festival its Debian packages")
-    parser.add_argument("--reverb-fraction", type=float, default=0.0)
-    parser.add_argument("--noise-fraction", type=float, default=0.0)
-    parser.add_argument("--sources", nargs="*", default=list(TEXT_SOURCES), choices=TEXT_SOURCES,
-                        help="Debian text corpora to read (none: only --text-files)")
-    parser.add_argument("--text-files", nargs="*", default=[], help="extra plain-text prose files")
-    parser.add_argument("--unseen-voices", nargs="+", default=None, help="'engine:voice' names")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    if args.asterisk:
-        return _asterisk_main(Path(args.out_dir) / "asterisk.jsonl", args.overwrite)
-    try:
-        path = build_corpus(args.out_dir, hours=args.hours, num_utterances=args.utterances,
-                            seed=args.seed, jobs=args.jobs, engines=args.engines,
-                            reverb_fraction=args.reverb_fraction, noise_fraction=args.noise_fraction,
-                            sources=args.sources, text_files=args.text_files,
-                            unseen_voices=args.unseen_voices, overwrite=args.overwrite)
-    except ValueError as error:
-        print(f"dllm-asr corpus: error: {error}", file=sys.stderr)
-        return 2
-    info = json.loads(path.read_text())
-    print(f"{path}: {info['hours']:.3f} h in {info['build_seconds']:.1f} s")
-    return 0
-
-
-def _asterisk_main(out_path: Path, overwrite: bool) -> int:
-    from .recordings import build_asterisk_manifest
-
-    try:
-        summary = build_asterisk_manifest(out_path, overwrite=overwrite)
-    except ValueError as error:
-        print(f"dllm-asr corpus: error: {error}", file=sys.stderr)
-        return 2
-    print(f"{out_path}: {summary['utterances']} real utterances, {summary['minutes']:.1f} min "
-          f"({summary['skipped_text']} prompts skipped: tones, letters, keys; {summary['too_long']} over 30 s; "
-          f"{summary['missing_audio']} without audio, {summary['unreadable']} unreadable)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

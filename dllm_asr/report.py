@@ -1,6 +1,6 @@
-"""`python -m dllm_asr.report`: regenerate docs/results.md from a trained model and a corpus.
+"""`dllm-asr report`: regenerate docs/results.md from a trained model and a corpus.
 
-    python -m dllm_asr.report --model runs/base-en/checkpoints/best [--ar-model AR_DIR] \\
+    dllm-asr report --model runs/base-en/checkpoints/best [--ar-model AR_DIR] \\
         --corpus data/synth --out docs/results.md [--max-utterances 60] [--notes docs/results-notes.md]
 
 Runs the `dllm-asr bench` grid on the corpus's test_seen and test_unseen splits (voices used in
@@ -11,7 +11,6 @@ were produced (model, machine, command) and, when given, a hand-written discussi
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import platform
 import sys
@@ -49,7 +48,7 @@ def build_report(model: str, corpus: str, out: str, ar_model: str | None = None,
         table = (split_dir / "results.md").read_text()
         plot = (split_dir / "wer_vs_rtf.png").relative_to(out_path.parent)
         sections.append(f"## {split}\n\n{table}\n![WER versus RTF, {split}]({plot})\n")
-    command = " ".join(["python -m dllm_asr.report", *sys.argv[1:]]) if sys.argv[1:] else "python -m dllm_asr.report"
+    command = " ".join(["dllm-asr", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else "dllm-asr report"
     header = (f"# Results\n\nGenerated {datetime.date.today()} by `{command}`\n\n"
               f"Model: `{model}`; AR baseline: `{ar_model or 'none'}`; corpus: `{corpus}`; "
               f"up to {max_utterances or 'all'} utterances per split; {machine()}.\n"
@@ -67,32 +66,3 @@ def _check_inputs(corpus: str, notes: str | None, figures: Path, reuse: bool) ->
         manifest = Path(corpus) / f"{split}.jsonl"
         if not (reuse and (figures / split / "results.md").is_file()) and not manifest.is_file():
             raise ValueError(f"--corpus {corpus}: no {manifest.name} (a corpus built by `dllm-asr corpus`)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dllm_asr.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--ar-model", default=None)
-    parser.add_argument("--corpus", required=True, help="a folder with test_seen.jsonl and test_unseen.jsonl")
-    parser.add_argument("--out", default="docs/results.md")
-    parser.add_argument("--max-utterances", type=int, default=None)
-    parser.add_argument("--notes", default=None, help="Markdown discussion appended to the report")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--grid", default=None, help="YAML list of runs (default: the bench grid)")
-    parser.add_argument("--reuse", action="store_true", help="keep the tables of splits already run")
-    parser.add_argument("--against", choices=["faster-whisper"], default=None,
-                        help="add faster-whisper tiny.en (int8) on the same clips")
-    args = parser.parse_args(argv)
-    try:
-        path = build_report(args.model, args.corpus, args.out, args.ar_model, args.max_utterances, args.notes,
-                            args.device, args.batch_size, args.grid, args.reuse, args.against)
-    except ValueError as err:  # a bad input: one line, not a traceback
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""`python -m dllm_asr.slice_probe`: is a decoder slice still a language model?
+"""`dllm-asr slice-probe`: is a decoder slice still a language model?
 
-    python -m dllm_asr.slice_probe --texts data/synth/dev.jsonl --layers all 0-3 0-7 0-15 0-3,26-29
+    dllm-asr slice-probe --texts data/synth/dev.jsonl --layers all 0-3 0-7 0-15 0-3,26-29
 
 Prints the causal next-token loss (nats per token) of the pretrained decoder keeping only the
 listed layers, on the transcripts of a JSONL manifest. A CPU run is tempted to train on the first
@@ -10,10 +10,9 @@ any training (SmolLM2-135M: 5.0 nats with all 30 layers, 18.8 with the first 4).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -46,23 +45,14 @@ def next_token_loss(hf_model: nn.Module, tokenizer, texts: list[str]) -> float:
     return total / max(count, 1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dllm_asr.slice_probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--decoder", default="smollm2-135m", help="an hf decoder source")
-    parser.add_argument("--texts", required=True, help="JSONL manifest whose 'text' fields are scored")
-    parser.add_argument("--max-texts", type=int, default=48)
-    parser.add_argument("--layers", nargs="+", default=["all", "0-3", "0-7", "0-15"])
-    args = parser.parse_args(argv)
-    lines = Path(args.texts).read_text().splitlines()[: args.max_texts]
+def slice_losses(decoder_source: str, texts_path: str | Path, max_texts: int,
+                 layer_specs: list[str]) -> Iterator[tuple[str, int, float]]:
+    """Per layer set ("all", "0-3,26-29", ...): (the set, layers kept, next-token loss in nats per
+    token) of the pretrained decoder `decoder_source` on the first `max_texts` texts of a JSONL manifest."""
+    lines = Path(texts_path).read_text().splitlines()[:max_texts]
     texts = [json.loads(line)["text"] for line in lines if line.strip()]
-    for spec in args.layers:
-        decoder = load_decoder("hf", args.decoder)  # afresh: a slice drops the other layers
+    for spec in layer_specs:
+        decoder = load_decoder("hf", decoder_source)  # afresh: a slice drops the other layers
         layers = parse_layers(spec, decoder.num_layers)
         decoder.keep_layers(layers)
-        loss = next_token_loss(decoder.hf_model.eval(), decoder.tokenizer, texts)
-        print(f"layers {spec:>12}  ({len(layers):2d} kept)  next-token loss {loss:.2f} nats/token")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        yield spec, len(layers), next_token_loss(decoder.hf_model.eval(), decoder.tokenizer, texts)

@@ -18,7 +18,7 @@ from dllm_asr.decoding import (
     num_transfer_tokens,
 )
 from dllm_asr.decoding.confidence import make_generator, probability_of
-from dllm_asr.decoding.mock import HashPredictor, TablePredictor
+from tests.mock_predictors import HashPredictor, TablePredictor
 
 V, MASK, EOS = 12, 11, 10
 

@@ -14,7 +14,7 @@ from dllm_asr.decoding import (
     pack_priors,
 )
 from dllm_asr.decoding.deliberation import chunk_bounds, masked_count
-from dllm_asr.decoding.mock import HashPredictor, TablePredictor
+from tests.mock_predictors import HashPredictor, TablePredictor
 
 V, MASK, EOS, NEUTRAL = 12, 11, 10, 0
 

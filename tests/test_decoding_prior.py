@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dllm_asr.decoding import DecodeOptions, build_prior_block, decode, pack_priors
-from dllm_asr.decoding.mock import HashPredictor, TablePredictor
+from tests.mock_predictors import HashPredictor, TablePredictor
 from dllm_asr.decoding.prior import select_exits
 
 V, MASK, EOS = 12, 11, 10

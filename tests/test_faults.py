@@ -238,11 +238,11 @@ def test_corpus_killed_leaves_no_corpus_json_and_a_rerun_says_so_then_rebuilds(
         with wave.open(str(wav)) as handle:
             assert handle.getnframes() > 0 and wav.stat().st_size == 44 + 2 * handle.getnframes()
 
-    assert corpus.main(corpus_args(out, text)) == 2
+    assert cli.main(["corpus", *corpus_args(out, text)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unfinished corpus build (no corpus.json" in err and "--overwrite" in err
 
-    assert corpus.main(corpus_args(out, text) + ["--overwrite"]) == 0
+    assert cli.main(["corpus", *corpus_args(out, text), "--overwrite"]) == 0
     info = json.loads((out / "corpus.json").read_text())
     for split in corpus.SPLITS:
         rows = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
@@ -257,8 +257,8 @@ def test_a_finished_corpus_is_refused_as_before(tmp_path: Path, capsys: pytest.C
 
     text, out = tmp_path / "prose.txt", tmp_path / "corpus"
     text.write_text(PROSE)
-    assert corpus.main(corpus_args(out, text)) == 0
-    assert corpus.main(corpus_args(out, text)) == 2
+    assert cli.main(["corpus", *corpus_args(out, text)]) == 0
+    assert cli.main(["corpus", *corpus_args(out, text)]) == 2
     err = capsys.readouterr().err
     assert "is not empty (pass overwrite=True / --overwrite)" in err and "unfinished" not in err
 
@@ -375,7 +375,7 @@ def test_report_missing_notes_or_split_is_one_line_before_any_bench(tmp_path: Pa
     corpus_dir.mkdir()
     (corpus_dir / "test_seen.jsonl").write_text("")
     argv = ["--model", "m", "--corpus", str(corpus_dir), "--out", str(tmp_path / "docs" / "results.md")]
-    assert report.main(argv + ["--notes", str(tmp_path / "notes.md")]) == 2
+    assert cli.main(["report", *argv, "--notes", str(tmp_path / "notes.md")]) == 2
     assert "--notes" in one_line_error(capsys)
-    assert report.main(argv) == 2
+    assert cli.main(["report", *argv]) == 2
     assert "no test_unseen.jsonl" in one_line_error(capsys)

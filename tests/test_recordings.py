@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dllm_asr import corpus, recordings
+from dllm_asr import recordings
+from dllm_asr.cli import main
 from dllm_asr.data import load_dataset
 from dllm_asr.recordings import build_asterisk_manifest, read_transcripts, spoken_text
 
@@ -100,8 +101,8 @@ def test_missing_package_gives_a_one_line_error(tmp_path):
 def test_corpus_command_writes_the_manifest(sounds, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(recordings, "ASTERISK_SOUNDS", sounds[0])
     monkeypatch.setattr(recordings, "ASTERISK_TRANSCRIPTS", sounds[1])
-    assert corpus.main([str(tmp_path / "real"), "--asterisk"]) == 0
+    assert main(["corpus", str(tmp_path / "real"), "--asterisk"]) == 0
     assert "5 real utterances" in capsys.readouterr().out
     assert (tmp_path / "real" / "asterisk.jsonl").is_file()
-    assert corpus.main([str(tmp_path / "real"), "--asterisk"]) == 2
+    assert main(["corpus", str(tmp_path / "real"), "--asterisk"]) == 2
     assert "exists" in capsys.readouterr().err

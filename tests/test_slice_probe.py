@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dllm_asr import slice_probe
+from dllm_asr.cli import main
 from dllm_asr.decoders import load_decoder
 from tests.tiny_checkpoints import write_tiny_llama_checkpoint
 
@@ -32,10 +33,10 @@ def test_keeping_every_layer_is_the_full_model_and_fewer_change_it(tmp_path):
     assert torch.isfinite(torch.tensor(first))
 
 
-def test_main_prints_one_line_per_selection(tmp_path, capsys):
+def test_the_subcommand_prints_one_line_per_selection(tmp_path, capsys):
     llama = write_tiny_llama_checkpoint(tmp_path / "llama")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one two three", "four five"]))
-    assert slice_probe.main(["--decoder", str(llama), "--texts", str(manifest), "--layers", "all", "0"]) == 0
+    assert main(["slice-probe", "--decoder", str(llama), "--texts", str(manifest), "--layers", "all", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("nats/token" in line for line in lines)
