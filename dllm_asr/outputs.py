@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .audio import STDIN
-from .files import write_text_atomic
+from .files import remove_stale_temps, write_text_atomic
 from .options import OUTPUT_FORMATS as FORMATS
 from .options import TranscribeOptions
 from .inference import FileResult, Segment
@@ -86,5 +86,6 @@ def write_outputs(result: FileResult, out_dir: str | Path, formats: list[str], o
         raise ValueError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     out.mkdir(parents=True, exist_ok=True)
     for target, fmt in zip(targets, formats):  # each whole or not at all: a kill leaves no half subtitle file
+        remove_stale_temps(target)  # what a killed earlier run left beside this file
         write_text_atomic(target, render(result, fmt, options))
     return targets

@@ -64,6 +64,17 @@ def test_existing_files_are_never_overwritten_unless_asked(tmp_path):
     assert srt.parse((tmp_path / "menu prompt.srt").read_text())
 
 
+def test_a_killed_runs_temporary_files_are_cleared_and_only_those(tmp_path):
+    left = [tmp_path / ".menu prompt.txt.k3x9.tmp", tmp_path / ".menu prompt.srt.q1.tmp"]
+    kept = [tmp_path / ".other.txt.k3x9.tmp", tmp_path / "menu prompt.txt.tmp"]  # another file's, or a user's
+    for path in left + kept:
+        path.write_text("half a transcript")
+    write_outputs(windowed(), tmp_path, ["txt", "srt"], TranscribeOptions())
+    assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["menu prompt.txt", "menu prompt.srt"] + [p.name for p in kept])
+
+
 def test_cli_writes_every_format(tiny_model, tmp_path, capsys):
     save_model(tiny_model, tmp_path / "ckpt")
     out = tmp_path / "out"
