@@ -24,10 +24,10 @@ from dataclasses import replace
 import torch
 
 from dllm_asr.config import DEFAULT_MODEL
-from dllm_asr.data import load_dataset
-from dllm_asr.evaluate import evaluate_utterances
-from dllm_asr.inference import model_options
-from dllm_asr.loading import build_model, load_model
+from dllm_asr.data.manifests import load_dataset
+from dllm_asr.evaluation.evaluate import evaluate_utterances
+from dllm_asr.model.loading import build_model, load_model
+from dllm_asr.transcription.strategies import model_options
 
 STRATEGIES = {
     "diffusion 16 steps": {"strategy": "diffusion", "steps": 16},

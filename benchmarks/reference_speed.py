@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from dllm_asr.config import ModelConfig
-from dllm_asr.decoders.llada import LLaDAConfig, LLaDADecoder
 from dllm_asr.decoding import DecodeOptions, MaskPredictor, decode
-from dllm_asr.model import AudioContext, SpeechLLM
+from dllm_asr.model.decoders.llada import LLaDAConfig, LLaDADecoder
+from dllm_asr.model.speech_llm import AudioContext, SpeechLLM
 
 REFERENCE_FILE = Path("models") / "WhisperLLaDA.py"
 REFERENCE_METHODS = ("transcribe", "get_num_transfer_tokens", "add_gumbel_noise")

@@ -24,7 +24,7 @@ What is measured, per (setting, concurrency):
     its own small (no torch: the clips are converted in a spawned process) and reports that floor.
 
 Audio: the first --clips clips of a JSONL manifest ({"audio": path, "duration": s, ...} per line),
-converted once to 16 kHz mono WAV bytes in memory (`dllm_asr.audio.load_audio` + soundfile),
+converted once to 16 kHz mono WAV bytes in memory (`dllm_asr.audio.io.load_audio` + soundfile),
 cycled across requests; without a manifest, the bundled `dllm_asr/assets/example.wav`.
 
     python benchmarks/serve_load.py --manifest data/real/asterisk.jsonl \
@@ -118,7 +118,8 @@ def convert(paths: list[str]) -> list[tuple[str, bytes, float]]:
     """(name, 16 kHz WAV bytes, seconds) per path. Runs in a spawned process: it imports torch."""
     import soundfile
 
-    from dllm_asr.audio import SAMPLE_RATE, load_audio
+    from dllm_asr.audio.io import load_audio
+    from dllm_asr.audio.features import SAMPLE_RATE
 
     clips = []
     for path in paths:

@@ -11,7 +11,7 @@ Inputs, built under --out from a JSONL manifest ({"id", "audio", "text"} per lin
 Each system reads each input in a fresh child process of its own:
   * dllm-asr: the CLI, `python -m dllm_asr transcribe --device cpu --output-format json`, once per
     --strategy ("default" = no --strategy flag, the model's own);
-  * faster-whisper: tiny.en int8 (the CTranslate2 model that `dllm_asr.external` loads), greedy,
+  * faster-whisper: tiny.en int8 (the CTranslate2 model that `dllm_asr.evaluation.external` loads), greedy,
     `model.transcribe(path, beam_size=1, language="en")` with faster-whisper's own long-form
     defaults (30-s windows, condition_on_previous_text), one file after another for clips/.
 What is measured, per child:
@@ -22,7 +22,7 @@ What is measured, per child:
     carries the parent's resident set into a forked child's high-water mark, so this script keeps
     its own small (no torch: the inputs are built in a separate spawned process) and prints that
     floor;
-  * WER: `dllm_asr.metrics.score` (Whisper's English normaliser), clips matched by file stem.
+  * WER: `dllm_asr.evaluation.metrics.score` (Whisper's English normaliser), clips matched by file stem.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from pathlib import Path
 MARKER = ".transcribe_speed"
 GAP_SECONDS = 0.6
 
-# The faster-whisper child. It builds WhisperModel as `dllm_asr.external.load_faster_whisper`
+# The faster-whisper child. It builds WhisperModel as `dllm_asr.evaluation.external.load_faster_whisper`
 # does, but without importing dllm_asr: that import pulls in torch (~360 MiB of RSS) and would
 # inflate faster-whisper's peak memory. argv: model_dir compute_type threads out.jsonl input
 FASTER_WHISPER_CHILD = r"""
@@ -88,13 +88,14 @@ def claim_out_dir(out: Path) -> None:
 
 def prepare_inputs(manifest: str, out: Path, minutes: float, n_clips: int) -> None:
     """Write long.wav/long.txt, clips/ + clips.jsonl and prepared.json (run in a spawned process,
-    so that torch, which dllm_asr.audio imports, never enters this script's own memory)."""
+    so that torch, which dllm_asr.audio.io imports, never enters this script's own memory)."""
     import numpy as np
     import soundfile
 
-    from dllm_asr.audio import SAMPLE_RATE, load_audio
-    from dllm_asr.encoders import resolve_short_name
-    from dllm_asr.external import FasterWhisperOptions
+    from dllm_asr.audio.io import load_audio
+    from dllm_asr.audio.features import SAMPLE_RATE
+    from dllm_asr.model.encoders import resolve_short_name
+    from dllm_asr.evaluation.external import FasterWhisperOptions
 
     records = [json.loads(line) for line in open(manifest, encoding="utf-8") if line.strip()]
     gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
@@ -203,7 +204,7 @@ def benchmark(args: argparse.Namespace, out: Path, prepared: dict) -> list[Row]:
                 print(f"  failed (exit code {code}); see {run_dir / 'log.txt'}", file=sys.stderr)
             runs.append((system, label, seconds, wall, rss, code, run_dir, strategy, refs))
 
-    from dllm_asr.metrics import score
+    from dllm_asr.evaluation.metrics import score
 
     rows = []
     for system, label, seconds, wall, rss, code, run_dir, strategy, refs in runs:

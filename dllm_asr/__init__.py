@@ -18,15 +18,19 @@ __all__ = ["__version__", "build_model", "load_audio", "load_model", "transcribe
 def __getattr__(name: str):
     # Lazy, so `import dllm_asr` (and `dllm-asr --help`) stays fast and free of torch imports.
     if name in ("build_model", "load_model"):
-        from . import loading
+        from dllm_asr.model import loading
 
         return getattr(loading, name)
     if name == "load_audio":
-        from .audio import load_audio
+        from dllm_asr.audio.io import load_audio
 
         return load_audio
-    if name in ("transcribe", "transcribe_batch", "TranscribeOptions"):
-        from . import inference
+    if name in ("transcribe", "transcribe_batch"):
+        from dllm_asr.transcription import long_form
 
-        return getattr(inference, name)
+        return getattr(long_form, name)
+    if name == "TranscribeOptions":
+        from dllm_asr.transcription.options import TranscribeOptions
+
+        return TranscribeOptions
     raise AttributeError(f"module 'dllm_asr' has no attribute {name!r}")

@@ -79,7 +79,7 @@ class DecoderConfig:
 
 
 @dataclass
-class LoraSettings:
+class LoraAdapterConfig:
     """LoRA on the decoder's attention projections (paper: q/k/v, rank 8, alpha 32, dropout 0.1)."""
 
     enabled: bool = True
@@ -97,7 +97,7 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
     prompt: str = "Transcribe the audio."
     """User-turn text of the chat-template prompt that precedes the audio embeddings."""
     max_response_tokens: int = 128
@@ -108,14 +108,14 @@ class ModelConfig:
     decoding: dict[str, Any] = field(default_factory=dict)
     """TranscribeOptions fields this model decodes best with (the shipped model's: its best
     strategy in the bench); `dllm-asr transcribe`/`eval` use them where no flag is given, and
-    `dllm_asr.inference.model_options` gives them to Python callers."""
+    `dllm_asr.transcription.strategies.model_options` gives them to Python callers."""
     window_seconds: float = 30.0
     """Longest audio decoded in one piece; longer clips are cut at pauses into windows of at most
-    this long (`dllm_asr.segment`). Whisper's 30 s by default; a model trained on short clips
+    this long (`dllm_asr.audio.segment`). Whisper's 30 s by default; a model trained on short clips
     sets what it was trained on."""
 
     def __post_init__(self) -> None:
-        from .options import TranscribeOptions
+        from dllm_asr.transcription.options import TranscribeOptions
 
         unknown = sorted(set(self.decoding) - {f.name for f in dataclasses.fields(TranscribeOptions)})
         if unknown:
@@ -130,10 +130,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         return cls(
-            encoder=_build(EncoderConfig, data.get("encoder", {})),
-            adapter=_build(AdapterConfig, data.get("adapter", {})),
-            decoder=_build(DecoderConfig, data.get("decoder", {})),
-            lora=_build(LoraSettings, data.get("lora", {})),
+            encoder=build_dataclass(EncoderConfig, data.get("encoder", {})),
+            adapter=build_dataclass(AdapterConfig, data.get("adapter", {})),
+            decoder=build_dataclass(DecoderConfig, data.get("decoder", {})),
+            lora=build_dataclass(LoraAdapterConfig, data.get("lora", {})),
             **{k: v for k, v in data.items() if k in ("prompt", "max_response_tokens", "objective", "window_seconds", "decoding")},
         )
 
@@ -148,7 +148,7 @@ class ModelConfig:
             raise ValueError(f"{path}: not a readable dllm-asr model config ({err})") from None
 
 
-def _build(kind: type, data: dict[str, Any]) -> Any:
+def build_dataclass(kind: type, data: dict[str, Any]) -> Any:
     """Instantiate a config dataclass, naming any unknown field in the error."""
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(data) - names)

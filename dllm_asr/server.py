@@ -34,9 +34,14 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from .audio import SAMPLE_RATE, AudioError, load_audio
-from .inference import FileResult, Transcript, deliberate_batch, model_options, transcribe_batch
-from .options import DeliberationOptions, TranscribeOptions, field_type
+from dllm_asr.audio.features import SAMPLE_RATE
+from dllm_asr.audio.io import AudioError, load_audio
+from dllm_asr.paths import package_file
+from dllm_asr.transcription.file_batches import FileResult
+from dllm_asr.transcription.long_form import transcribe_batch
+from dllm_asr.transcription.options import DeliberationOptions, TranscribeOptions, field_type
+from dllm_asr.transcription.result import Transcript
+from dllm_asr.transcription.strategies import deliberate_batch, model_options
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 ENGLISH = {"en", "english"}
@@ -238,8 +243,8 @@ def parse_field(name: str, value, kind: type):
 def render_response(transcript: Transcript, fmt: str, duration: float, options: TranscribeOptions,
                     seconds: float) -> tuple[str, str]:
     """(body, media type) of a transcript in one of RESPONSE_FORMATS."""
-    from .outputs import render
-    from .whisper_model import compression_ratio
+    from dllm_asr.transcription.outputs import render
+    from dllm_asr.model.whisper_fallback import compression_ratio
 
     result = FileResult("upload", transcript, seconds, duration=duration)
     if fmt == "json":
@@ -345,7 +350,7 @@ def create_app(model, limits: ServerLimits = ServerLimits(), model_name: str = "
 
     @app.get("/")
     async def page():
-        return HTMLResponse((Path(__file__).parent / "assets" / "web" / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(package_file("assets", "web", "index.html").read_text(encoding="utf-8"))
 
     return app
 
@@ -370,7 +375,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, limits: Se
     The port is taken before the model loads, so a busy one is reported at once, not after it."""
     import uvicorn
 
-    from .loading import load_model
+    from dllm_asr.model.loading import load_model
 
     listening = listen_on(host, port)
     try:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from dllm_asr.adapters import ConvProjector, WindowQFormer, build_adapter
 from dllm_asr.config import AdapterConfig
+from dllm_asr.model.adapters import ConvProjector, WindowQFormer, build_adapter
 
 
 def make_qformer(**overrides) -> WindowQFormer:

@@ -1,4 +1,4 @@
-"""Tests for dllm_asr.audio: file loading/conversion and Whisper's log-mel front end."""
+"""Tests for dllm_asr.audio.io: file loading/conversion and Whisper's log-mel front end."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import soundfile
 import torch
 
-from dllm_asr import audio
-from dllm_asr.audio import (AudioError, example_audio_path, example_transcript, load_audio,
-                            log_mel_batch, log_mel_spectrogram, mel_filters, resample)
+from dllm_asr.audio import io as audio
+from dllm_asr.audio.features import log_mel_batch, log_mel_spectrogram, mel_filters
+from dllm_asr.audio.io import AudioError, example_audio_path, example_transcript, load_audio, resample
 
 DATA = Path(__file__).parent / "data"
 
@@ -178,7 +178,7 @@ def test_bad_arguments_raise_value_error():
 
 
 def test_inputs_may_be_globs_manifests_folders_and_stdin(tmp_path):
-    from dllm_asr.audio import STDIN, expand_audio_paths
+    from dllm_asr.audio.io import STDIN, expand_audio_paths
 
     (tmp_path / "talks" / "day1").mkdir(parents=True)
     for name in ("talks/a.wav", "talks/day1/b.mp3", "talks/notes.txt"):
@@ -200,7 +200,7 @@ def test_inputs_may_be_globs_manifests_folders_and_stdin(tmp_path):
 
 @pytest.mark.parametrize("name", ["mono_22k.mp3", "stereo_44k.flac", "mono_48k.ogg", "mono_8k.m4a"])
 def test_a_file_read_in_blocks_is_the_file(name):
-    from dllm_asr.audio import read_blocks
+    from dllm_asr.audio.io import read_blocks
 
     whole = load_audio(DATA / name)
     blocks = list(read_blocks(DATA / name, block_seconds=0.25))
@@ -212,7 +212,7 @@ def test_a_file_read_in_blocks_is_the_file(name):
 
 
 def test_a_16k_wav_streams_exactly_and_a_bad_file_fails_as_load_audio_does(tmp_path):
-    from dllm_asr.audio import read_blocks
+    from dllm_asr.audio.io import read_blocks
 
     audio = np.sin(np.arange(16000 * 3) / 7).astype(np.float32) * 0.3
     soundfile.write(tmp_path / "x.wav", audio, 16000, subtype="FLOAT")
@@ -227,7 +227,7 @@ def test_a_16k_wav_streams_exactly_and_a_bad_file_fails_as_load_audio_does(tmp_p
 
 
 def test_nan_samples_are_refused_whole_or_streamed(tmp_path):
-    from dllm_asr.audio import read_blocks
+    from dllm_asr.audio.io import read_blocks
 
     audio = np.zeros(16000 * 3, dtype=np.float32)
     audio[20000] = np.nan

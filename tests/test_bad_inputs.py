@@ -35,11 +35,12 @@ import soundfile
 from scipy.signal import resample_poly
 
 import dllm_asr
-from dllm_asr import cli
-from dllm_asr.audio import AudioError, SAMPLE_RATE, read_blocks
+from dllm_asr import cli, commands
+from dllm_asr.audio.features import SAMPLE_RATE
+from dllm_asr.audio.io import AudioError, read_blocks
 from dllm_asr.config import DEFAULT_MODEL
-from dllm_asr.inference import cached_model
-from dllm_asr.loading import MODELS_DIR
+from dllm_asr.model.loading import MODELS_DIR
+from dllm_asr.transcription.long_form import cached_model
 
 GOOD = Path(dllm_asr.__file__).parent / "assets" / "example.wav"
 SHIPPED = MODELS_DIR / DEFAULT_MODEL
@@ -186,8 +187,8 @@ def model():
 @pytest.fixture()
 def cli_main(model, monkeypatch):
     """`dllm_asr.cli.main` with the default model already loaded (any other --model is loaded)."""
-    real = cli.open_model
-    monkeypatch.setattr(cli, "open_model", lambda args: model if args.model == DEFAULT_MODEL else real(args))
+    real = commands.open_model
+    monkeypatch.setattr(commands, "open_model", lambda args: model if args.model == DEFAULT_MODEL else real(args))
     return cli.main
 
 
@@ -237,14 +238,14 @@ class Capture:
 @pytest.fixture(scope="module")
 def failing_run(tmp_path_factory, model):
     with pytest.MonkeyPatch.context() as patch, Capture() as capsys:
-        patch.setattr(cli, "open_model", lambda args: model)
+        patch.setattr(commands, "open_model", lambda args: model)
         return transcribe_together(available(FAILING), tmp_path_factory.mktemp("failing") / "in", cli.main, capsys)
 
 
 @pytest.fixture(scope="module")
 def valid_run(tmp_path_factory, model):
     with pytest.MonkeyPatch.context() as patch, Capture() as capsys:
-        patch.setattr(cli, "open_model", lambda args: model)
+        patch.setattr(commands, "open_model", lambda args: model)
         return transcribe_together(available(VALID), tmp_path_factory.mktemp("valid") / "in", cli.main, capsys)
 
 
@@ -374,18 +375,21 @@ def test_a_two_hour_file_streams_through_transcribe_files(two_hours, model, monk
     """The whole file path (reading, cutting at pauses, decoding window batches, joining) in
     bounded memory; the decoding itself is replaced by an empty transcript per window, as 2 h of
     decoding would take an hour here."""
-    from dllm_asr import inference
+    from dllm_asr.transcription import long_form
+    from dllm_asr.transcription.file_batches import transcribe_files
+    from dllm_asr.transcription.result import Transcript
+    from dllm_asr.transcription.strategies import model_options
 
     windows = []
 
     def decode_nothing(model, audios, options, priors=None):
         windows.extend(len(a) for a in audios)
-        return [inference.Transcript("", [], 0, 0) for _ in audios]
+        return [Transcript("", [], 0, 0) for _ in audios]
 
-    monkeypatch.setattr(inference, "_transcribe_windows", decode_nothing)
+    monkeypatch.setattr(long_form, "transcribe_windows", decode_nothing)
     tracemalloc.start()
     try:
-        (result,) = inference.transcribe_files(model, [two_hours], inference.model_options(model))
+        (result,) = transcribe_files(model, [two_hours], model_options(model))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -424,7 +428,7 @@ def eval_run(tmp_path_factory, model):
     logging.getLogger().addHandler(handler)
     try:
         with pytest.MonkeyPatch.context() as patch, Capture() as capture:
-            patch.setattr(cli, "open_model", lambda args: model)
+            patch.setattr(commands, "open_model", lambda args: model)
             code = cli.main(["eval", *FAST, "--data", str(manifest), "--out", str(folder / "eval")])
     finally:
         logging.getLogger().removeHandler(handler)
@@ -510,7 +514,7 @@ def broken_checkpoint(kind: str, folder: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))
 def test_cli_a_broken_checkpoint_is_one_line_naming_the_file(kind, tmp_path, cli_main, capsys, monkeypatch):
-    from dllm_asr import loading
+    from dllm_asr.model import loading
 
     folder, named = broken_checkpoint(kind, tmp_path / "ckpt")
     built = []
@@ -523,7 +527,7 @@ def test_cli_a_broken_checkpoint_is_one_line_naming_the_file(kind, tmp_path, cli
 
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))
 def test_api_a_broken_checkpoint_raises_a_value_error_naming_the_file(kind, tmp_path, monkeypatch):
-    from dllm_asr import loading
+    from dllm_asr.model import loading
 
     folder, named = broken_checkpoint(kind, tmp_path / "ckpt")
     monkeypatch.setattr(loading, "build_model", lambda *a, **k: pytest.fail("built before the checkpoint was checked"))

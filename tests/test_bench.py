@@ -1,13 +1,14 @@
 import csv
 import json
 
+import pytest
 import torch
 
-from dllm_asr.audio import load_audio
-from dllm_asr.bench import DEFAULT_GRID, point_style, run_bench
-from dllm_asr.checkpoint import save_model
-from dllm_asr.loading import build_model
-from tests.conftest import ASSETS, DATA, tiny_model_config
+from dllm_asr.audio.io import load_audio
+from dllm_asr.evaluation.bench import DEFAULT_GRID, plot, point_style, run_bench
+from dllm_asr.model.checkpoint import save_model
+from dllm_asr.model.loading import build_model
+from tests.helpers import ASSETS, DATA, tiny_model_config
 
 
 def test_bench_writes_table_csv_and_plot(tiny_model, tmp_path):
@@ -36,8 +37,25 @@ def test_bench_writes_table_csv_and_plot(tiny_model, tmp_path):
     audio_seconds = sum(load_audio(row["audio"]).shape[0] for row in rows) / 16000
     for r in table:
         assert 0 < float(r["decoder_ms"]) < 1000 * float(r["rtf"]) * audio_seconds / 2
-    assert "| diffusion 2 |" in (out / "results.md").read_text()
+    # The Markdown table holds the CSV's rows, in the grid's order, with the same figures.
+    markdown = markdown_rows(out / "results.md")
+    assert [name for name, _ in markdown] == [r["name"] for r in table] == [
+        "AR greedy", "diffusion 2", "threshold", "deliberation semi-ar", "prior from AR"]
+    for (name, cells), r in zip(markdown, table):
+        assert float(cells[0]) == round(100 * float(r["wer"]), 2) and float(cells[1]) == round(float(r["rtf"]), 4)
+        assert float(cells[3]) == round(float(r["mean_nfe"]), 1)
+    # The plot shows one point per measured row, where the table puts it.
+    drawn = plot([{**r, "wer": float(r["wer"]), "rtf": float(r["rtf"])} for r in table], tmp_path)
+    assert [(label, pytest.approx(x), pytest.approx(y)) for label, x, y in drawn] == \
+        [(r["name"], float(r["rtf"]), 100 * float(r["wer"])) for r in table]
     assert (out / "wer_vs_rtf.png").stat().st_size > 1000
+
+
+def markdown_rows(path) -> list[tuple[str, list[str]]]:
+    """(system, [WER %, RTF, RTFx, mean NFE, decoder ms]) per row of a bench results.md table."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")][1:]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return [(row[0], row[1:]) for row in cells]
 
 
 def test_default_grid_covers_the_papers_axes():

@@ -1,4 +1,4 @@
-"""Fast-dLLM's block-wise prefix and dual caches (dllm_asr/block_cache.py, docs/algorithms.md 3h).
+"""Fast-dLLM's block-wise prefix and dual caches (dllm_asr/model/block_cache.py, docs/algorithms.md 3h).
 
 Checked on both families that have them (LLaDA, the adapted Whisper decoder):
 - right after a refresh, a window pass gives the full pass's logits (any depth): the column
@@ -15,12 +15,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dllm_asr.block_cache import BlockCachePredictor, window_columns
 from dllm_asr.config import DEFAULT_MODEL
 from dllm_asr.decoding import DecodeOptions, decode
-from dllm_asr.inference import TranscribeOptions, transcribe_batch
-from dllm_asr.loading import build_model, load_model
-from tests.conftest import tiny_model_config
+from dllm_asr.model.block_cache import BlockCachePredictor, window_columns
+from dllm_asr.model.loading import build_model, load_model
+from dllm_asr.transcription.long_form import transcribe_batch
+from dllm_asr.transcription.options import TranscribeOptions
+from tests.helpers import tiny_model_config
 
 
 @pytest.fixture(scope="module")

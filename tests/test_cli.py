@@ -19,7 +19,7 @@ def test_every_option_of_every_command_says_what_it_does():
 def test_the_models_own_decoding_settings_apply_where_no_flag_is_given():
     from types import SimpleNamespace
 
-    from dllm_asr.cli import transcribe_options
+    from dllm_asr.commands import transcribe_options
 
     model = SimpleNamespace(config=SimpleNamespace(decoding={"strategy": "threshold", "threshold": 0.8}))
     parse = build_parser().parse_args

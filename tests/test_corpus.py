@@ -1,4 +1,4 @@
-"""Tests for dllm_asr.corpus (tiny real builds); its text cleaning is tests/test_textnorm.py."""
+"""Tests for dllm_asr.tools.corpus (tiny real builds); its text cleaning is tests/test_textnorm.py."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dllm_asr import corpus
 from dllm_asr.cli import main as cli_main
+from dllm_asr.tools import corpus, corpus_text, voices
 
 HAVE_TTS = shutil.which("espeak-ng") is not None and shutil.which("flite") is not None
 needs_tts = pytest.mark.skipif(not HAVE_TTS, reason="espeak-ng and flite binaries not installed "
@@ -20,7 +20,7 @@ needs_tts = pytest.mark.skipif(not HAVE_TTS, reason="espeak-ng and flite binarie
 
 def test_sentences_from_passages_dedupes_case_insensitively() -> None:
     passages = ["The cat sat down. The Cat sat down!", "Dogs sat. The cat sat, down."]
-    got = corpus.sentences_from_passages(passages)
+    got = corpus_text.sentences_from_passages(passages)
     assert got == ["The cat sat down."]  # "Dogs sat." has two words: too short
 
 
@@ -62,25 +62,9 @@ def test_plan_balances_engines_and_is_seeded() -> None:
 def test_unseen_voices_are_disjoint_and_validated() -> None:
     seen, unseen = corpus.split_voices(corpus.ENGINES, corpus.DEFAULT_UNSEEN_VOICES)
     assert sorted(unseen) == sorted(corpus.DEFAULT_UNSEEN_VOICES) and not set(seen) & set(unseen)
-    assert len(seen) + len(unseen) == len(corpus.ESPEAK_ACCENTS) * len(corpus.ESPEAK_VARIANTS) + 5
+    assert len(seen) + len(unseen) == len(voices.ESPEAK_ACCENTS) * len(voices.ESPEAK_VARIANTS) + 5
     with pytest.raises(ValueError, match="not voices"):
         corpus.split_voices(("espeak-ng",), ["flite:slt"])
-
-
-def test_room_impulse_response_decays_by_60_db_at_rt60() -> None:
-    rir = corpus.synthetic_room_impulse_response(0.5, np.random.default_rng(0))
-    assert rir[0] == 1.0 and rir.size == int(1.2 * 0.5 * 16000)
-    energy = lambda seg: float(np.mean(seg**2))  # noqa: E731
-    early, late = rir[1:801], rir[7600:8400]  # ~0-0.05 s vs ~0.475-0.525 s
-    assert 45 < 10 * np.log10(energy(early) / energy(late)) < 70  # ~-57 dB: 60 dB minus half a window
-
-
-def test_add_noise_hits_requested_snr() -> None:
-    rng = np.random.default_rng(1)
-    clean = np.sin(np.arange(16000) * 0.05).astype(np.float32)
-    noisy = corpus.add_noise(clean, 10.0, rng)
-    snr = 10 * np.log10(np.mean(clean**2) / np.mean((noisy - clean) ** 2))
-    assert abs(snr - 10.0) < 0.01
 
 
 def test_bad_options_give_clear_errors(tmp_path: Path) -> None:
@@ -89,7 +73,7 @@ def test_bad_options_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="engines"):
         corpus.build_corpus(tmp_path / "b", num_utterances=4, engines=("mbrola",))
     with pytest.raises(ValueError, match="text source"):
-        corpus.load_sentences(["nonsense"])
+        corpus_text.load_sentences(["nonsense"])
     with pytest.raises(ValueError, match="--utterances 1 is too few.*at least 4"):
         corpus.build_corpus(tmp_path / "c", num_utterances=1, sources=["wordnet"])
 
@@ -159,12 +143,12 @@ def test_missing_festival_or_its_voices_names_the_debian_packages(
 
 
 def test_festival_script_sets_speed_per_voice_kind(tmp_path: Path) -> None:
-    utterances = (corpus.Utterance("train-000000", 'He said "go" now.', None, None, 0),)
-    hts = corpus._festival_script(corpus.SynthesisBatch("train", "festival", "cmu_us_slt_arctic_hts", 1.25, 50,
+    utterances = (voices.Utterance("train-000000", 'He said "go" now.', None, None, 0),)
+    hts = voices._festival_script(voices.SynthesisBatch("train", "festival", "cmu_us_slt_arctic_hts", 1.25, 50,
                                                         utterances), str(tmp_path))
     assert hts.startswith("(voice_cmu_us_slt_arctic_hts)") and '(list "-r" 0.8000)' in hts
     assert f'(Utterance Text "He said  go  now.")) "{tmp_path}/0.wav"' in hts
-    diphone = corpus._festival_script(corpus.SynthesisBatch("train", "festival", "kal_diphone", 1.25, 50,
+    diphone = voices._festival_script(voices.SynthesisBatch("train", "festival", "kal_diphone", 1.25, 50,
                                                             utterances), str(tmp_path))
     assert "Duration_Stretch 1.25" in diphone and '"-r"' not in diphone
 
@@ -183,14 +167,14 @@ def test_optional_engine_synthesises_16_khz_speech_deterministically(voice_name:
     engine, voice = voice_name.split(":")
     if not _engine_installed(engine):
         pytest.skip(f"{engine} not installed (see corpus._check_engines)")
-    utterances = tuple(corpus.Utterance(f"train-{i:06d}", text, None, snr, 1234 + i) for i, (text, snr) in
+    utterances = tuple(voices.Utterance(f"train-{i:06d}", text, None, snr, 1234 + i) for i, (text, snr) in
                        enumerate([("The keeper only smiled when they asked.", None),
                                   ("Nobody knew which stories were true.", 20.0)]))
-    batch = corpus.SynthesisBatch("train", engine, voice, 1.1, 50, utterances)
+    batch = voices.SynthesisBatch("train", engine, voice, 1.1, 50, utterances)
     digests = []
     for run in ("a", "b"):
         (tmp_path / run / "wavs" / "train").mkdir(parents=True)
-        rows = corpus.synthesize_batch(batch, str(tmp_path / run))
+        rows = voices.synthesize_batch(batch, str(tmp_path / run))
         assert [r["voice"] for r in rows] == [voice_name] * 2
         for row in rows:
             samples, rate, channels, width = _read_wav(tmp_path / run / row["audio"])
@@ -267,7 +251,7 @@ def test_tiny_build_manifests_and_audio(tiny_corpus: tuple[Path, dict]) -> None:
             assert np.abs(samples).max() > 1000  # not silent
             texts.append(row["text"])
     assert len(set(texts)) == len(texts)  # sentences disjoint across splits
-    assert set(texts) <= set(corpus.sentences_from_passages(PROSE.split("\n\n")))
+    assert set(texts) <= set(corpus_text.sentences_from_passages(PROSE.split("\n\n")))
     assert not any(ch.isdigit() for text in texts for ch in text)
     assert info["seed"] == 7 and info["hours"] > 0
 
@@ -310,19 +294,19 @@ def test_refuses_non_empty_output_folder(tiny_corpus: tuple[Path, dict], prose_f
 def test_espeak_batch_is_cut_into_one_piece_per_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     sentences = ["The first sentence is short.", "Then, after a pause; a second one follows.",
                  "Is this the third?"]
-    utterances = tuple(corpus.Utterance(f"train-{i:06d}", s, None, None, 0) for i, s in enumerate(sentences))
+    utterances = tuple(voices.Utterance(f"train-{i:06d}", s, None, None, 0) for i, s in enumerate(sentences))
     calls = []
-    real_run = corpus.subprocess.run
+    real_run = voices.subprocess.run
     # The --help probe for -D runs once per binary and is cached: run it before counting, or the
     # count depends on whether an earlier test (in a random order) already did.
-    corpus._espeak_deterministic_options(os.environ.get("DLLM_ASR_ESPEAK_NG", "espeak-ng"))
-    monkeypatch.setattr(corpus.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    voices._espeak_deterministic_options(os.environ.get("DLLM_ASR_ESPEAK_NG", "espeak-ng"))
+    monkeypatch.setattr(voices.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
     for voice in ("en-us+m3", "en-gb+f2"):  # f2 breathes: its silences are not exact zeros
         calls.clear()
-        pieces, rate = corpus._espeak_batch(corpus.SynthesisBatch("train", "espeak-ng", voice, 160.0, 45,
+        pieces, rate = voices._espeak_batch(voices.SynthesisBatch("train", "espeak-ng", voice, 160.0, 45,
                                                                   utterances))
         assert rate == 22050 and len(pieces) == 3 and len(calls) == 1  # one call, no fallback
-        alone = [corpus._espeak_batch(corpus.SynthesisBatch("train", "espeak-ng", voice, 160.0, 45, (u,)))
+        alone = [voices._espeak_batch(voices.SynthesisBatch("train", "espeak-ng", voice, 160.0, 45, (u,)))
                  [0][0] for u in utterances]
         for piece, single in zip(pieces, alone):  # each cut piece lasts as long as the sentence alone
             assert abs(_voiced_length(piece) - _voiced_length(single)) < 0.15 * rate
@@ -370,13 +354,13 @@ def test_espeak_ng_runs_in_its_deterministic_mode_where_it_has_one(
     fake.chmod(0o755)
     monkeypatch.setenv("DLLM_ASR_ESPEAK_NG", str(fake))
     monkeypatch.delenv("DLLM_ASR_ESPEAK_DATA", raising=False)
-    utterances = tuple(corpus.Utterance(f"train-{i:06d}", f"Sentence number {i} is here.", None, None, 0)
+    utterances = tuple(voices.Utterance(f"train-{i:06d}", f"Sentence number {i} is here.", None, None, 0)
                        for i in range(3))
-    batch = corpus.SynthesisBatch("train", "espeak-ng", "en-gb-x-rp+f2", 160.0, 45, utterances)
-    (first, rate), (second, _) = corpus._espeak_batch(batch), corpus._espeak_batch(batch)
+    batch = voices.SynthesisBatch("train", "espeak-ng", "en-gb-x-rp+f2", 160.0, 45, utterances)
+    (first, rate), (second, _) = voices._espeak_batch(batch), voices._espeak_batch(batch)
     assert rate == 22050 and len(first) == len(second) == 3
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    assert ("-D" in corpus._espeak_command(batch, "Hello there.", False)) is has_deterministic_mode
+    assert ("-D" in voices._espeak_command(batch, "Hello there.", False)) is has_deterministic_mode
 
 
 def test_main_reports_bad_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

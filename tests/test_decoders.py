@@ -1,4 +1,4 @@
-"""Tests of dllm_asr.decoders: the LLaDA loader/module, the HF (SmolLM2) decoder, and the
+"""Tests of dllm_asr.model.decoders: the LLaDA loader/module, the HF (SmolLM2) decoder, and the
 autoregressive baseline. Tiny random checkpoints in the real formats come from tiny_checkpoints."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from dllm_asr.decoders import (  # noqa: E402
+from dllm_asr.model.decoders import (  # noqa: E402
     DecoderLoadError, ar_generate, load_decoder, position_ids_from_mask,
 )
-from dllm_asr.decoders.llada import load_llada  # noqa: E402
+from dllm_asr.model.decoders.llada import load_llada  # noqa: E402
 from tiny_checkpoints import write_tiny_llada_checkpoint, write_tiny_llama_checkpoint  # noqa: E402
 
 N_LAYERS, N_HEADS, N_KV_HEADS, D_MODEL, THETA, EPS = 2, 4, 2, 32, 500000.0, 1e-5
@@ -353,7 +353,7 @@ def test_smollm2_loads_and_continues_sensibly(smollm2):
 
 @needs_smollm2
 def test_smollm2_causal_equals_plain_model_and_batch_invariance(smollm2):
-    from dllm_asr.decoders.hf import converted_gguf_dir, smollm2_gguf_path
+    from dllm_asr.model.decoders.hf import converted_gguf_dir, smollm2_gguf_path
 
     plain = plain_llama(converted_gguf_dir(smollm2_gguf_path()), dtype=torch.float32)
     tok = smollm2.tokenizer
@@ -376,7 +376,7 @@ def test_smollm2_causal_equals_plain_model_and_batch_invariance(smollm2):
 def test_smollm2_cached_conversion_equals_gguf_dequantisation(smollm2):
     from transformers import AutoModelForCausalLM
 
-    from dllm_asr.decoders.hf import smollm2_gguf_path
+    from dllm_asr.model.decoders.hf import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

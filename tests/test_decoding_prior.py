@@ -6,6 +6,7 @@ import torch
 
 from dllm_asr.decoding import DecodeOptions, build_prior_block, decode, pack_priors
 from tests.mock_predictors import HashPredictor, TablePredictor
+
 from dllm_asr.decoding.prior import select_exits
 
 V, MASK, EOS = 12, 11, 10

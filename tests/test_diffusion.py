@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dllm_asr.diffusion import MaskedBatch, forward_mask, masked_diffusion_loss, next_token_loss
+from dllm_asr.training.objectives import MaskedBatch, forward_mask, masked_diffusion_loss, next_token_loss
 
 MASK = 99
 

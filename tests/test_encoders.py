@@ -1,4 +1,4 @@
-"""Tests for dllm_asr.encoders (Whisper encoder, loaders, CTC head) and dllm_asr.ct2."""
+"""Tests for dllm_asr.model.encoders (Whisper encoder, loaders, CTC head) and dllm_asr.model.ct2."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from dllm_asr.audio import example_audio_path, example_transcript, load_audio, log_mel_batch
-from dllm_asr.ct2 import Ct2FormatError, load_ct2_whisper, read_ct2_model
-from dllm_asr.encoders import (ENGLISH_CHARS, CTCHead, EncoderLoadError, WhisperEncoder,
+from dllm_asr.audio.features import log_mel_batch
+from dllm_asr.audio.io import example_audio_path, example_transcript, load_audio
+from dllm_asr.model.ct2 import Ct2FormatError, load_ct2_whisper, read_ct2_model
+from dllm_asr.model.encoders import (ENGLISH_CHARS, CTCHead, EncoderLoadError, WhisperEncoder,
                                ctc_greedy_decode, ctc_loss, load_whisper_encoder,
                                resolve_short_name)
 

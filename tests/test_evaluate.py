@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from dllm_asr.evaluate import audio_gain
-from dllm_asr.loading import build_model
-from tests.conftest import tiny_model_config
+from dllm_asr.evaluation.evaluate import audio_gain
+from dllm_asr.model.loading import build_model
+from tests.helpers import tiny_model_config
 
 
 @pytest.mark.parametrize("objective", ["diffusion", "ar"])
@@ -27,9 +27,9 @@ def test_audio_gain_needs_two_utterances(tiny_model, real_clips):
 def test_cli_eval_prints_the_audio_gain(tiny_model, tmp_path, capsys):
     import json
 
-    from dllm_asr.checkpoint import save_model
+    from dllm_asr.model.checkpoint import save_model
     from dllm_asr.cli import main
-    from tests.conftest import ASSETS, DATA
+    from tests.helpers import ASSETS, DATA
 
     save_model(tiny_model, tmp_path / "ckpt")
     manifest = tmp_path / "dev.jsonl"

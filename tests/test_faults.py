@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from dllm_asr import cli, corpus
+from dllm_asr import cli, commands
+
 from dllm_asr.files import atomic_writer, write_text_atomic, written_together
-from tests.conftest import ASSETS, DATA, tiny_model_config
+from dllm_asr.tools import corpus
+from tests.helpers import ASSETS, DATA, tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,8 +88,8 @@ def visible(folder: Path) -> dict[str, bytes]:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from dllm_asr.checkpoint import save_model
-    from dllm_asr.loading import build_model
+    from dllm_asr.model.checkpoint import save_model
+    from dllm_asr.model.loading import build_model
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model") / "ckpt"
@@ -146,7 +148,7 @@ def test_written_together_failing_while_moving_leaves_no_temp_and_never_the_last
 
 def test_eval_report_failing_mid_write_keeps_the_old_report(checkpoint: Path, manifest: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from dllm_asr.metrics import ScoreReport
+    from dllm_asr.evaluation.metrics import ScoreReport
 
     out = tmp_path / "eval"
     argv = ["eval", "--model", str(checkpoint), "--data", str(manifest), "--length", "4", "--out", str(out)]
@@ -165,7 +167,7 @@ def test_eval_report_failing_mid_write_keeps_the_old_report(checkpoint: Path, ma
 def test_bench_tables_failing_mid_write_keep_the_old_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import csv
 
-    from dllm_asr.bench import write_tables
+    from dllm_asr.evaluation.bench import write_tables
 
     rows = [{"name": "a", "wer": 0.5, "rtf": 0.1, "rtfx": 10.0, "mean_nfe": 2.0, "utterances": 2}]
     write_tables(rows, tmp_path)
@@ -180,12 +182,12 @@ def test_bench_tables_failing_mid_write_keep_the_old_tables(tmp_path: Path, monk
 
 
 @pytest.mark.parametrize("target, trigger", [
-    ("dllm_asr.checkpoint:save_file", ""),  # while the new export is written aside
+    ("dllm_asr.model.checkpoint:save_file", ""),  # while the new export is written aside
     ("os:replace", ".tmp"),                 # between the swap's two renames: the old export is in OUT.old
 ], ids=["writing", "swapping"])
 def test_export_killed_leaves_the_old_export_or_none_and_a_rerun_succeeds(
         target: str, trigger: str, checkpoint: Path, tmp_path: Path) -> None:
-    from dllm_asr.checkpoint import recover_interrupted_swap
+    from dllm_asr.model.checkpoint import recover_interrupted_swap
 
     out = tmp_path / "export"
     assert cli.main(["export", str(checkpoint), str(out), "--dtype", "fp32"]) == 0
@@ -203,7 +205,7 @@ def test_export_killed_leaves_the_old_export_or_none_and_a_rerun_succeeds(
 
 def test_export_killed_before_a_first_export_leaves_nothing_under_its_name(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
-    kill_at_stall("dllm_asr.checkpoint:save_file", "", 0, ["export", str(checkpoint), str(out)], tmp_path / "log")
+    kill_at_stall("dllm_asr.model.checkpoint:save_file", "", 0, ["export", str(checkpoint), str(out)], tmp_path / "log")
     assert not out.exists()
     assert cli.main(["export", str(checkpoint), str(out)]) == 0 and (out / "model.safetensors").is_file()
 
@@ -220,7 +222,7 @@ def corpus_args(out: Path, text: Path) -> list[str]:
 
 @needs_tts
 @pytest.mark.parametrize("target, trigger, let_through", [
-    ("dllm_asr.corpus:_write_wav", "", 2),        # after two clips of eight
+    ("dllm_asr.tools.voices:_write_wav", "", 2),        # after two clips of eight
     ("dllm_asr.files:_commit", "dev.jsonl", 0),   # every clip written, train.jsonl moved in, the rest not
 ], ids=["synthesising", "moving-manifests"])
 def test_corpus_killed_leaves_no_corpus_json_and_a_rerun_says_so_then_rebuilds(
@@ -271,7 +273,7 @@ def test_eval_killed_while_writing_its_report_leaves_none(checkpoint: Path, mani
     argv = ["eval", "--model", str(checkpoint), "--data", str(manifest), "--steps", "2", "--length", "4",
             "--out", str(out)]
     # hyps.jsonl is written (aside), errors.jsonl is being written
-    kill_at_stall("dllm_asr.metrics:ScoreReport.write_jsonl", "", 0, argv, tmp_path / "log")
+    kill_at_stall("dllm_asr.evaluation.metrics:ScoreReport.write_jsonl", "", 0, argv, tmp_path / "log")
     assert out.is_dir() and visible(out) == {}
     assert cli.main(argv) == 0
     assert sorted(os.listdir(out)) == ["errors.jsonl", "hyps.jsonl", "report.md"]  # the killed run's temporary files went too
@@ -299,12 +301,12 @@ def test_eval_killed_while_moving_its_report_in_leaves_no_report_md_and_no_old_f
 @pytest.fixture()
 def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to load a model fails the test: the input check must come first."""
-    from dllm_asr import loading
+    from dllm_asr.model import loading
 
     def fail(*args, **kwargs):
         pytest.fail("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(cli, "open_model", fail)
+    monkeypatch.setattr(commands, "open_model", fail)
     monkeypatch.setattr(loading, "load_model", fail)
 
 
@@ -368,7 +370,7 @@ def test_deliberate_missing_prior_file_or_audio_is_reported_before_the_model_loa
 
 def test_report_missing_notes_or_split_is_one_line_before_any_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from dllm_asr import report
+    from dllm_asr.evaluation import report
 
     monkeypatch.setattr(report, "run_bench", lambda *a, **k: pytest.fail("benchmarked before the inputs were checked"))
     corpus_dir = tmp_path / "corpus"

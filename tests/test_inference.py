@@ -4,14 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from dllm_asr.audio import AudioError, load_audio
-from dllm_asr.checkpoint import save_model
+from dllm_asr.audio.io import AudioError, load_audio
 from dllm_asr.cli import main
-from dllm_asr.loading import build_model
-from dllm_asr.options import DeliberationOptions
-from dllm_asr.inference import (TranscribeOptions, block_lengths, deliberate_batch, transcribe_batch,
-                                 transcribe_files)
-from tests.conftest import ASSETS, DATA, tiny_model_config
+from dllm_asr.model.checkpoint import save_model
+from dllm_asr.model.loading import build_model
+from dllm_asr.transcription.file_batches import transcribe_files
+from dllm_asr.transcription.long_form import transcribe_batch
+from dllm_asr.transcription.options import DeliberationOptions
+from dllm_asr.transcription.options import TranscribeOptions
+from dllm_asr.transcription.strategies import block_lengths, deliberate_batch
+from tests.helpers import ASSETS, DATA, tiny_model_config
 
 
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior"])
@@ -187,7 +189,7 @@ def test_bad_decoding_options_are_refused_before_the_model_loads(flags, message,
 
 
 def test_a_long_clip_is_cut_at_pauses_and_its_windows_joined(tiny_model, real_clips):
-    from dllm_asr.segment import speech_span, split_at_pauses
+    from dllm_asr.audio.segment import speech_span, split_at_pauses
 
     gap = np.zeros(8000, dtype=np.float32)
     long_clip = np.concatenate([real_clips[0], gap, real_clips[0], gap, real_clips[0]])

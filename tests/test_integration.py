@@ -5,11 +5,11 @@ import shutil
 import pytest
 
 from dllm_asr.cli import main
-from dllm_asr.corpus import build_corpus
-from dllm_asr.evaluate import evaluate_model
-from dllm_asr.loading import build_model, load_model
-from dllm_asr.recipe import load_train_config, resolve_recipe
-from dllm_asr.inference import TranscribeOptions
+from dllm_asr.evaluation.evaluate import evaluate_model
+from dllm_asr.model.loading import build_model, load_model
+from dllm_asr.tools.corpus import build_corpus
+from dllm_asr.training.recipe import load_train_config, resolve_recipe
+from dllm_asr.transcription.options import TranscribeOptions
 
 SENTENCES = """The cat sat on the warm mat.
 A red bird sings in the tall tree.

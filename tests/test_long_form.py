@@ -10,10 +10,13 @@ import pytest
 import soundfile
 
 import dllm_asr
-from dllm_asr.audio import SAMPLE_RATE, load_audio
+from dllm_asr.audio.features import SAMPLE_RATE
+from dllm_asr.audio.io import load_audio
 from dllm_asr.config import DEFAULT_MODEL
-from dllm_asr.inference import cached_model, model_options, transcribe_batch, transcribe_files
-from dllm_asr.metrics import word_error_rate
+from dllm_asr.evaluation.metrics import word_error_rate
+from dllm_asr.transcription.file_batches import transcribe_files
+from dllm_asr.transcription.long_form import cached_model, transcribe_batch
+from dllm_asr.transcription.strategies import model_options
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,10 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from dllm_asr import inference
-from dllm_asr.audio import SAMPLE_RATE
-from dllm_asr.inference import model_options, release_freed_memory, transcribe_stream
+from dllm_asr.audio.features import SAMPLE_RATE
+from dllm_asr.transcription import long_form
+from dllm_asr.transcription.long_form import release_freed_memory, transcribe_stream
+from dllm_asr.transcription.strategies import model_options
 
 PIECE_SECONDS = 2.0
 BATCH = 4
@@ -56,21 +57,21 @@ def test_a_stream_holds_one_batch_of_windows_and_a_block_or_two_however_long(tin
     block_refs: list[weakref.ref] = []
     window_refs: list[weakref.ref] = []
     live: list[tuple[int, int]] = []
-    cut = inference.windows
+    cut = long_form.windows
 
     def tracked_windows(stream, seconds):
         for start, samples, whole in cut(stream, seconds):
             window_refs.append(weakref.ref(samples))
             yield start, samples, whole
 
-    decode = inference._transcribe_windows
+    decode = long_form.transcribe_windows
 
     def counting_decode(model, audios, *args, **kwargs):
         live.append((alive(window_refs), alive(block_refs)))
         return decode(model, audios, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "windows", tracked_windows)
-    monkeypatch.setattr(inference, "_transcribe_windows", counting_decode)
+    monkeypatch.setattr(long_form, "windows", tracked_windows)
+    monkeypatch.setattr(long_form, "transcribe_windows", counting_decode)
     transcript = transcribe_stream(tiny_model, blocks(20, block_refs), options, batch_size=BATCH)
     assert len(window_refs) >= 16 and len(live) == -(-len(window_refs) // BATCH)
     assert max(windows for windows, _ in live) <= BATCH, live
@@ -100,11 +101,11 @@ def test_what_a_stream_holds_grows_by_its_text_not_its_audio(tiny_model, options
 
 def test_freed_memory_is_given_back_once_per_batch(tiny_model, options, monkeypatch):
     calls = []
-    monkeypatch.setattr(inference, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(long_form, "release_freed_memory", lambda: calls.append(1))
     transcribe_stream(tiny_model, blocks(10), options, batch_size=BATCH)
     assert len(calls) == 3  # 10 windows in batches of 4
 
 
 def test_release_freed_memory_is_safe_to_call_anywhere():
     assert release_freed_memory() in (True, False)
-    assert release_freed_memory() == (inference._malloc_trim() is not None)
+    assert release_freed_memory() == (long_form._malloc_trim() is not None)

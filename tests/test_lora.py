@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from dllm_asr.config import LoraSettings
-from dllm_asr.lora import apply_lora, count_target_matches, lora_parameter_names
+from dllm_asr.config import LoraAdapterConfig
+from dllm_asr.model.lora import apply_lora, count_target_matches, lora_parameter_names
 
 
 class Block(nn.Module):
@@ -23,7 +23,7 @@ class TinyLLaDA(nn.Module):
 
 def test_qkv_targets_adapt_three_per_layer():
     model = TinyLLaDA()
-    assert apply_lora(model, LoraSettings(), num_layers=3) == 9
+    assert apply_lora(model, LoraAdapterConfig(), num_layers=3) == 9
     names = lora_parameter_names(model)
     assert len(names) == 18  # A and B per module
     # LoRA B starts at zero: the adapted model equals the base model.
@@ -34,7 +34,7 @@ def test_qkv_targets_adapt_three_per_layer():
 
 def test_llama_style_targets_fail_loudly_on_llada_names():
     model = TinyLLaDA()
-    settings = LoraSettings(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"))
+    settings = LoraAdapterConfig(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"))
     assert count_target_matches(model, settings.targets)["o_proj"] == 0
     with pytest.raises(ValueError, match="o_proj: 0"):
         apply_lora(model, settings, num_layers=3)
@@ -42,5 +42,5 @@ def test_llama_style_targets_fail_loudly_on_llada_names():
 
 def test_scaling_is_alpha_over_rank():
     model = TinyLLaDA(layers=1)
-    apply_lora(model, LoraSettings(rank=8, alpha=32), num_layers=1)
+    apply_lora(model, LoraAdapterConfig(rank=8, alpha=32), num_layers=1)
     assert model.blocks[0].q_proj.scaling["default"] == pytest.approx(4.0)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from dllm_asr.checkpoint import WEIGHTS_FILE, delta_parameter_names, export_model, save_model
-from dllm_asr.diffusion import forward_mask, masked_diffusion_loss
-from dllm_asr.loading import build_model, load_model
-from dllm_asr.model import encode_transcripts, transcript_and_eos
+from dllm_asr.model.checkpoint import WEIGHTS_FILE, delta_parameter_names, export_model, save_model
+from dllm_asr.model.loading import build_model, load_model
+from dllm_asr.model.speech_llm import encode_transcripts, transcript_and_eos
+from dllm_asr.training.objectives import forward_mask, masked_diffusion_loss
 
 
 def test_forward_shapes_and_lora_count(tiny_model, real_clips):
@@ -151,7 +151,7 @@ def test_tiny_model_overfits_four_utterances(tiny_config, real_clips):
 
 @pytest.mark.parametrize("kind", ["llada", "hf"])
 def test_num_logits_equals_slicing_the_full_logits(kind, tmp_path):
-    from dllm_asr.decoders import load_decoder
+    from dllm_asr.model.decoders import load_decoder
     from tests.tiny_checkpoints import write_tiny_llada_checkpoint, write_tiny_llama_checkpoint
 
     if kind == "llada":
@@ -190,7 +190,7 @@ def test_decoder_slice_keeps_the_first_pretrained_layers(tiny_config, tmp_path):
 def test_a_full_disk_or_a_kill_while_saving_leaves_the_previous_checkpoint_loadable(tiny_model, tmp_path, monkeypatch):
     import errno
 
-    from dllm_asr import checkpoint
+    from dllm_asr.model import checkpoint
 
     save_model(tiny_model, tmp_path / "last")
     before = (tmp_path / "last" / WEIGHTS_FILE).read_bytes()

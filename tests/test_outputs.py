@@ -6,12 +6,15 @@ import pytest
 import srt
 import webvtt
 
-from dllm_asr.cli import OUTPUT_FORMATS, main
-from dllm_asr.checkpoint import save_model
-from dllm_asr.options import TranscribeOptions
-from dllm_asr.outputs import FORMATS, render, vtt_time, write_outputs
-from dllm_asr.inference import FileResult, Segment, Transcript
-from tests.conftest import ASSETS
+from dllm_asr.cli import main
+from dllm_asr.model.checkpoint import save_model
+from dllm_asr.transcription.file_batches import FileResult
+from dllm_asr.transcription.options import OUTPUT_FORMATS
+from dllm_asr.transcription.options import TranscribeOptions
+from dllm_asr.transcription.options import OUTPUT_FORMATS as FORMATS
+from dllm_asr.transcription.outputs import render, vtt_time, write_outputs
+from dllm_asr.transcription.result import Segment, Transcript
+from tests.helpers import ASSETS
 
 
 def windowed() -> FileResult:

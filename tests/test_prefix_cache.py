@@ -8,12 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dllm_asr.inference import TranscribeOptions, transcribe_batch
-from tests.conftest import tiny_model_config
+from dllm_asr.transcription.long_form import transcribe_batch
+from dllm_asr.transcription.options import TranscribeOptions
+from tests.helpers import tiny_model_config
 
 
 def _one_layer_model():
-    from dllm_asr.loading import build_model
+    from dllm_asr.model.loading import build_model
 
     config = tiny_model_config()
     random_config = dict(config.decoder.random_config, n_layers=1)
@@ -89,7 +90,7 @@ def test_decoder_without_cache_support_is_a_clear_error(tiny_model, real_clips):
 
 def _split_forward(decoder, embeds, mask, response_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Response logits of the full bidirectional forward and of the cached path, (B, L, V) each."""
-    from dllm_asr.decoders.base import position_ids_from_mask
+    from dllm_asr.model.decoders.base import position_ids_from_mask
 
     full = decoder(embeds, mask, position_ids_from_mask(mask))[:, -response_length:]
     prefix, prefix_mask = embeds[:, :-response_length], mask[:, :-response_length]
@@ -105,7 +106,7 @@ def _split_forward(decoder, embeds, mask, response_length: int) -> tuple[torch.T
 @pytest.mark.parametrize("n_layers", [1, 2])
 @torch.no_grad()
 def test_hf_decoder_prefix_cache_exact_for_one_layer(tmp_path, n_layers):
-    from dllm_asr.decoders.hf import load_hf_decoder
+    from dllm_asr.model.decoders.hf import load_hf_decoder
     from tests.tiny_checkpoints import write_tiny_llama_checkpoint
 
     decoder = load_hf_decoder(write_tiny_llama_checkpoint(tmp_path / "llama", num_hidden_layers=n_layers),

@@ -19,9 +19,9 @@ def test_fewer_items_than_lines_and_loops_too_short_to_report(capsys):
 
 
 def test_transcribing_many_batches_reports_progress(tiny_model, capsys):
-    from dllm_asr.options import TranscribeOptions
-    from dllm_asr.inference import transcribe_files
-    from tests.conftest import ASSETS
+    from dllm_asr.transcription.options import TranscribeOptions
+    from dllm_asr.transcription.file_batches import transcribe_files
+    from tests.helpers import ASSETS
 
     results = list(transcribe_files(tiny_model, [ASSETS / "example.wav"] * 12, TranscribeOptions(steps=2, length=4),
                                     batch_size=4))

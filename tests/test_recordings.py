@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dllm_asr import recordings
 from dllm_asr.cli import main
-from dllm_asr.data import load_dataset
-from dllm_asr.recordings import build_asterisk_manifest, read_transcripts, spoken_text
+from dllm_asr.data.manifests import load_dataset
+from dllm_asr.tools import recordings
+from dllm_asr.tools.recordings import build_asterisk_manifest, read_transcripts, spoken_text
 
 TRANSCRIPTS = """; core-sounds-en: a comment line
 activated: Activated.

@@ -1,8 +1,8 @@
 import json
 
-from dllm_asr.checkpoint import save_model
-from dllm_asr.report import build_report
-from tests.conftest import ASSETS
+from dllm_asr.evaluation.report import build_report
+from dllm_asr.model.checkpoint import save_model
+from tests.helpers import ASSETS
 
 
 def test_report_has_a_table_and_plot_per_split(tiny_model, tmp_path):
@@ -21,7 +21,14 @@ def test_report_has_a_table_and_plot_per_split(tiny_model, tmp_path):
                        notes=str(notes), device="cpu", grid=str(grid))
     text = out.read_text()
     assert "## test_seen" in text and "## test_unseen" in text and "Hand-written." in text
-    assert text.count("| diffusion, 8 steps |") == 2
+    # Each split's section is that split's bench table, rows in the grid's order, and its plot.
+    for split in ("test_seen", "test_unseen"):
+        section = text.split(f"## {split}\n")[1].split("\n## ")[0]
+        table = (tmp_path / "docs" / "results" / split / "results.md").read_text()
+        assert table in section and f"](results/{split}/wer_vs_rtf.png)" in section
+        names = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
+        assert names == ["diffusion, 8 steps", "prior-guided (CTC prior)"]
+    assert text.index("## test_seen") < text.index("## test_unseen") < text.index("Hand-written.")
     assert (tmp_path / "docs" / "results" / "test_unseen" / "wer_vs_rtf.png").is_file()
     notes.write_text("## Discussion\n\nRevised.\n")
     again = build_report(str(tmp_path / "ckpt"), str(corpus), str(out), notes=str(notes), reuse=True)

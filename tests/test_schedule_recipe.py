@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from dllm_asr.checkpoint import load_train_state, save_train_state
-from dllm_asr.recipe import apply_overrides, load_train_config, train_config_from_dict
-from dllm_asr.schedule import LRSchedule, Stage, StagePlan, learning_rate
+from dllm_asr.model.checkpoint import load_train_state, save_train_state
+from dllm_asr.training.recipe import apply_overrides, load_train_config, train_config_from_dict
+from dllm_asr.training.schedule import LRSchedule, Stage, StagePlan, learning_rate
 
 
 def test_warmup_then_cosine_hand_worked():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dllm_asr.segment import frame_loudness, speech_span, split_at_pauses, windows
+from dllm_asr.audio.segment import frame_loudness, speech_span, split_at_pauses, windows
 
 SR = 16000
 

@@ -14,9 +14,10 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from dllm_asr.inference import TranscribeOptions, transcribe_batch  # noqa: E402
 from dllm_asr.server import ServerLimits, create_app, listen_on, request_options  # noqa: E402
-from tests.conftest import ASSETS, DATA  # noqa: E402
+from dllm_asr.transcription.long_form import transcribe_batch  # noqa: E402
+from dllm_asr.transcription.options import TranscribeOptions  # noqa: E402
+from tests.helpers import ASSETS, DATA  # noqa: E402
 
 FAST = {"steps": "2", "length": "4"}  # the tiny random model: two steps over four positions
 
@@ -143,7 +144,8 @@ def free_port() -> int:
 
 
 def test_a_busy_port_is_reported_before_the_model_loads(monkeypatch, capsys):
-    from dllm_asr import cli, loading
+    from dllm_asr import cli
+    from dllm_asr.model import loading
 
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded although the port is taken")
@@ -278,9 +280,9 @@ def test_openais_prompt_is_the_initial_prompt_of_the_ar_strategies_only(tiny_mod
 
 
 def test_a_given_prior_is_deliberated(client, tiny_model, real_clips):
-    from dllm_asr.inference import deliberate_batch
+    from dllm_asr.transcription.strategies import deliberate_batch
 
-    from dllm_asr.options import DeliberationOptions
+    from dllm_asr.transcription.options import DeliberationOptions
 
     expected = deliberate_batch(tiny_model, [real_clips[0]], ["the quick brown fox"], DeliberationOptions(chunks=2),
                                 TranscribeOptions(steps=2, length=4))[0]

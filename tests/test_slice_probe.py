@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from dllm_asr import slice_probe
 from dllm_asr.cli import main
-from dllm_asr.decoders import load_decoder
+from dllm_asr.model.decoders import load_decoder
+from dllm_asr.tools import slice_probe
 from tests.tiny_checkpoints import write_tiny_llama_checkpoint
 
 

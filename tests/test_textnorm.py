@@ -1,9 +1,10 @@
-"""Tests for dllm_asr.textnorm: hand-worked cases of the corpus builder's text cleaning."""
+"""Tests for dllm_asr.tools.textnorm: hand-worked cases of the corpus builder's text cleaning."""
 from __future__ import annotations
 
 import pytest
 
-from dllm_asr.textnorm import expand_abbreviations, normalize_sentence, split_sentences, verbalize_numbers
+from dllm_asr.tools.textnorm import (expand_abbreviations, normalize_sentence, split_sentences,
+                                     verbalize_numbers)
 
 
 @pytest.mark.parametrize("raw, spoken", [

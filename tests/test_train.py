@@ -16,12 +16,12 @@ import pytest
 import soundfile
 import torch
 import yaml
-from conftest import ASSETS, DATA, tiny_model_config
+from tests.helpers import ASSETS, DATA, tiny_model_config
 from safetensors.torch import load_file
 
 from dllm_asr import cli
-from dllm_asr.audio import load_audio
-from dllm_asr.loading import load_model
+from dllm_asr.audio.io import load_audio
+from dllm_asr.model.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -142,7 +142,7 @@ def test_stages_switch_trained_parts(full_run, resumed_run):
 
 def initial_value(name: str) -> torch.Tensor:
     """The freshly initialised value of a trained parameter (train seeds 0 before building)."""
-    from dllm_asr.loading import build_model
+    from dllm_asr.model.loading import build_model
 
     torch.manual_seed(0)
     return dict(build_model(tiny_model_config()).named_parameters())[name].detach()
@@ -320,7 +320,7 @@ def test_default_model_recipe_trains_resumes_and_keeps_its_embedding_frozen(tmp_
 
 
 def test_encoder_cache_returns_what_the_encoder_computes(tiny_model, real_clips):
-    from dllm_asr.train import EncoderCache
+    from dllm_asr.training.train import EncoderCache
 
     cache = EncoderCache(max_gigabytes=1.0)
     first = cache.encode(tiny_model, real_clips[:2])

@@ -6,21 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from dllm_asr.audio import load_audio
-from dllm_asr.checkpoint import WEIGHTS_FILE, export_model, save_model
-from dllm_asr.config import DecoderConfig, EncoderConfig, LoraSettings, ModelConfig
-from dllm_asr.loading import build_model, load_model
-from dllm_asr.metrics import normalize as normalize_text
-from dllm_asr.inference import TranscribeOptions, deliberate_batch, transcribe_batch
-from dllm_asr.options import DeliberationOptions
-from dllm_asr.whisper_model import ARSamples, compression_ratio
-from tests.conftest import ASSETS
+from dllm_asr.audio.io import load_audio
+from dllm_asr.config import DecoderConfig, EncoderConfig, LoraAdapterConfig, ModelConfig
+from dllm_asr.evaluation.metrics import normalize as normalize_text
+from dllm_asr.model.checkpoint import WEIGHTS_FILE, export_model, save_model
+from dllm_asr.model.loading import build_model, load_model
+from dllm_asr.model.whisper_fallback import ARSamples, compression_ratio
+from dllm_asr.transcription.long_form import transcribe_batch
+from dllm_asr.transcription.options import DeliberationOptions
+from dllm_asr.transcription.options import TranscribeOptions
+from dllm_asr.transcription.strategies import deliberate_batch
+from tests.helpers import ASSETS
 
 
 def whisper_config(**changes) -> ModelConfig:
     return ModelConfig(encoder=EncoderConfig(source="whisper-tiny.en", ctc_head=False),
                        decoder=DecoderConfig(kind="whisper", source="encoder", frozen=False),
-                       lora=LoraSettings(enabled=False), max_response_tokens=64, **changes)
+                       lora=LoraAdapterConfig(enabled=False), max_response_tokens=64, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def example():
 
 def test_ar_baseline_matches_faster_whisper_on_the_example(whisper_model, example):
     faster_whisper = pytest.importorskip("faster_whisper")
-    from dllm_asr.encoders import resolve_short_name
+    from dllm_asr.model.encoders import resolve_short_name
 
     reference = faster_whisper.WhisperModel(str(resolve_short_name("whisper-tiny.en")), device="cpu",
                                             compute_type="float32")
@@ -210,7 +212,7 @@ def test_silence_and_noise_give_empty_transcripts(whisper_model, example):
 def test_non_speech_tokens_are_the_checkpoints_own_suppress_list(whisper_model):
     """The installed CTranslate2 checkpoint lists the ids Whisper suppresses (from its
     generation config); ours are derived from the tokenizer and must be the same text tokens."""
-    from dllm_asr.encoders import resolve_short_name
+    from dllm_asr.model.encoders import resolve_short_name
 
     config = json.loads((resolve_short_name("whisper-tiny.en") / "config.json").read_text())
     tokenizer = whisper_model.tokenizer

@@ -1,4 +1,4 @@
-"""Word timestamps (`dllm_asr.word_times`): the DTW, median filter and token grouping by hand, and
+"""Word timestamps (`dllm_asr.transcription.word_times`): the DTW, median filter and token grouping by hand, and
 the shipped default model timing words that flite spoke one by one at known places."""
 from __future__ import annotations
 
@@ -12,17 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from dllm_asr import cli
-from dllm_asr.audio import SAMPLE_RATE, load_audio
+from dllm_asr import cli, commands
+from dllm_asr.audio.features import SAMPLE_RATE
+from dllm_asr.audio.io import load_audio
 from dllm_asr.config import DEFAULT_MODEL
-from dllm_asr.decoders.base import DecoderLoadError
-from dllm_asr.decoders.whisper import WhisperTokenizer, read_alignment_heads, word_alignment_heads
-from dllm_asr.encoders import resolve_short_name
-from dllm_asr.inference import TranscribeOptions, cached_model, deliberate_batch, transcribe_audio, transcribe_batch
-from dllm_asr.metrics import normalize
-from dllm_asr.word_times import (alignment_matrix, clip_frames, dtw, group_words, median_filter, row_words,
+from dllm_asr.evaluation.metrics import normalize
+from dllm_asr.model.decoders.base import DecoderLoadError
+from dllm_asr.model.decoders.whisper import WhisperTokenizer, read_alignment_heads, word_alignment_heads
+from dllm_asr.model.encoders import resolve_short_name
+from dllm_asr.transcription.long_form import cached_model, transcribe_audio, transcribe_batch
+from dllm_asr.transcription.options import TranscribeOptions
+from dllm_asr.transcription.strategies import deliberate_batch
+from dllm_asr.transcription.word_times import (alignment_matrix, clip_frames, dtw, group_words, median_filter, row_words,
                                  word_timestamps)
-from tests.conftest import ASSETS
+from tests.helpers import ASSETS
 
 # ----------------------------------------------------------------------------- DTW
 
@@ -245,7 +248,7 @@ def test_a_model_without_whispers_decoder_refuses_word_timestamps(tiny_model, re
 
 
 def test_cli_json_holds_each_segments_words(model, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "open_model", lambda args: model)
+    monkeypatch.setattr(commands, "open_model", lambda args: model)
     code = cli.main(["transcribe", str(ASSETS / "example.wav"), "--word-timestamps", "--output-format", "json",
                      "--output-dir", str(tmp_path)])
     assert code == 0, capsys.readouterr().err

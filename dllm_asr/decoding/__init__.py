@@ -7,15 +7,17 @@ callable(tokens (B', L'), rows (B',), lengths (B',)) -> logits (B', L', V).
 """
 from __future__ import annotations
 
-from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident, commit_top_k
-from .confidence import confidence_and_argmax
-from .deliberation import deliberate, deliberate_semi_ar, drop_eos, mask_low_confidence, mask_random
-from .engine import decode
-from .options import DecodeOptions
-from .predictor import MaskPredictor, as_mask_predictor
-from .prior import build_prior_block, pack_priors
-from .result import DecodeResult, response_lengths
-from .steps import block_bounds, num_transfer_tokens
+from dllm_asr.decoding.commit import (apply_eos_stop, commit_above_threshold, commit_most_confident,
+                                      commit_top_k)
+from dllm_asr.decoding.confidence import confidence_and_argmax
+from dllm_asr.decoding.deliberation import (deliberate, deliberate_semi_ar, drop_eos, mask_low_confidence,
+                                            mask_random)
+from dllm_asr.decoding.engine import decode
+from dllm_asr.decoding.options import DecodeOptions
+from dllm_asr.decoding.predictor import MaskPredictor, as_mask_predictor
+from dllm_asr.decoding.prior import build_prior_block, pack_priors
+from dllm_asr.decoding.result import DecodeResult, response_lengths
+from dllm_asr.decoding.steps import block_bounds, num_transfer_tokens
 
 __all__ = [
     "DecodeOptions",

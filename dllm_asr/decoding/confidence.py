@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .predictor import MaskPredictor, call_predictor
+from dllm_asr.decoding.predictor import MaskPredictor, call_predictor
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

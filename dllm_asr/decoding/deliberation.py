@@ -17,12 +17,12 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .commit import rank_descending
-from .confidence import make_generator
-from .engine import decode
-from .options import DecodeOptions
-from .predictor import MaskPredictor, call_predictor
-from .result import DecodeResult, concat_results
+from dllm_asr.decoding.commit import rank_descending
+from dllm_asr.decoding.confidence import make_generator
+from dllm_asr.decoding.engine import decode
+from dllm_asr.decoding.options import DecodeOptions
+from dllm_asr.decoding.predictor import MaskPredictor, call_predictor
+from dllm_asr.decoding.result import DecodeResult, concat_results
 
 
 ROUNDINGS = ("floor", "half-up")

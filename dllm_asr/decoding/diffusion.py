@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .commit import apply_eos_stop, commit_above_threshold, commit_most_confident, commit_top_k
-from .confidence import predict_positions
-from .options import DecodeOptions
-from .predictor import MaskPredictor
-from .result import DecodeResult, StepLog
-from .steps import RowSchedule
+from dllm_asr.decoding.commit import (apply_eos_stop, commit_above_threshold, commit_most_confident,
+                                      commit_top_k)
+from dllm_asr.decoding.confidence import predict_positions
+from dllm_asr.decoding.options import DecodeOptions
+from dllm_asr.decoding.predictor import MaskPredictor
+from dllm_asr.decoding.result import DecodeResult, StepLog
+from dllm_asr.decoding.steps import RowSchedule
 
 Window = tuple[int, int, "int | None"]
 

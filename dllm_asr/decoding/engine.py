@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .diffusion import decode_diffusion
-from .options import DecodeOptions
-from .predictor import MaskPredictor
-from .prior import decode_prior_guided
-from .result import DecodeResult
+from dllm_asr.decoding.diffusion import decode_diffusion
+from dllm_asr.decoding.options import DecodeOptions
+from dllm_asr.decoding.predictor import MaskPredictor
+from dllm_asr.decoding.prior import decode_prior_guided
+from dllm_asr.decoding.result import DecodeResult
 
 
 def check_inputs(init: Tensor, lengths: Tensor | None) -> Tensor:

@@ -25,11 +25,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .commit import first_true
-from .confidence import predict_positions
-from .options import DecodeOptions
-from .predictor import MaskPredictor
-from .result import DecodeResult, StepLog
+from dllm_asr.decoding.commit import first_true
+from dllm_asr.decoding.confidence import predict_positions
+from dllm_asr.decoding.options import DecodeOptions
+from dllm_asr.decoding.predictor import MaskPredictor
+from dllm_asr.decoding.result import DecodeResult, StepLog
 
 
 def pack_priors(priors: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .commit import first_true
+from dllm_asr.decoding.commit import first_true
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .options import DecodeOptions
+from dllm_asr.decoding.options import DecodeOptions
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

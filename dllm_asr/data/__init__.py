@@ -1,0 +1,1 @@
+"""Datasets: manifests (JSONL, LibriSpeech, Kaldi), clips, and the batches training reads."""

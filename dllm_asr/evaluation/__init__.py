@@ -1,0 +1,1 @@
+"""Scoring: WER and its normaliser, evaluation runs, benchmarks and their reports."""

@@ -1,0 +1,361 @@
+"""Whisper's own text decoder, usable both ways: causally (the pretrained AR model) and as a
+masked-diffusion decoder over a response block (docs/default-model.md).
+
+The decoder attends to the encoder output through its pretrained cross-attention, so a
+diffusion decoder adapted from it reads the audio from its first training step: there is no
+adapter to learn. Two choices follow the literature on adapting AR models into diffusion models
+(DiffuLLaMA, arXiv 2410.17891; docs/algorithms.md):
+
+* the *shift*: the hidden state at position i predicts the token at i + 1, exactly as in AR
+  training, so the pretrained output alignment is kept. The response block's logits therefore
+  come from the positions one to the left of the response (the last prompt token predicts the
+  first response token);
+* a learned [MASK] embedding (one id past the vocabulary) stands for an undecided token.
+
+Logits cover the text tokens and EOS only (ids 0..eot): Whisper's special and timestamp tokens
+are never predicted, as Whisper's own decoding suppresses them, and neither is [MASK].
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import WhisperConfig
+from transformers.models.whisper import modeling_whisper
+
+from dllm_asr.model.block_cache import scatter_columns
+from dllm_asr.model.decoders.base import DecoderLoadError
+
+
+ENGLISH_ONLY_EOT = 50256
+"""<|endoftext|>'s id in an English-only Whisper vocabulary (50257 in a multilingual one)."""
+
+
+class WhisperTokenizer:
+    """Whisper's byte-level BPE (``tokenizer.json``) with the conventions of its transcripts.
+
+    Whisper writes a transcript with a leading space (" The cat."), so ``__call__`` adds one;
+    ``decode`` drops special tokens (ids past EOS) and strips. Duck-types the parts of a
+    transformers tokenizer the toolkit uses: ``__call__(text, add_special_tokens=False)``,
+    ``decode(ids, skip_special_tokens=True)``, ``len()``, ``convert_tokens_to_ids``.
+    """
+
+    def __init__(self, tokenizer_file: str | os.PathLike):
+        from transformers import PreTrainedTokenizerFast
+
+        self.fast = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+        self.eot = self.token_id("<|endoftext|>")
+        self.sot = self.token_id("<|startoftranscript|>")
+        self.no_timestamps = self.token_id("<|notimestamps|>")
+        vocabulary = self.fast.get_vocab()  # older multilingual vocabularies name it <|nocaptions|>
+        self.no_speech = self.token_id("<|nospeech|>" if "<|nospeech|>" in vocabulary else "<|nocaptions|>")
+        # English-only checkpoints keep GPT-2's 50,257 text tokens, so <|endoftext|> is 50256;
+        # multilingual ones add a token before it. Both vocabularies hold <|en|>, so its presence
+        # does not tell them apart (openai-whisper uses the embedding count, n_vocab < 51865).
+        self.english_only = self.eot == ENGLISH_ONLY_EOT
+        self.blank = self.fast.encode(" ", add_special_tokens=False)[0]
+        """The lone-space token; Whisper never starts a transcript with it (suppress_blank)."""
+
+    def token_id(self, token: str) -> int:
+        value = self.fast.convert_tokens_to_ids(token)
+        if value is None or value == self.fast.unk_token_id:
+            raise DecoderLoadError(f"Whisper tokenizer has no {token} token")
+        return int(value)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.token_id(token)
+
+    def prompt_ids(self, language: str = "en") -> list[int]:
+        """Whisper's own decoder prompt for transcription without timestamps, as the pretrained
+        decoder was trained: [sot, notimestamps] for an English-only checkpoint, [sot, language,
+        transcribe, notimestamps] for a multilingual one."""
+        if self.english_only:
+            return [self.sot, self.no_timestamps]
+        return self.task_prompt_ids(language)
+
+    def previous_text_ids(self, text: str | None, max_tokens: int) -> list[int]:
+        """Whisper's context before the prompt: [<|startofprev|>, the last `max_tokens` tokens of
+        " " + text], or [] for no text (Whisper's `--initial_prompt`)."""
+        if not text or not text.strip():
+            return []
+        tokens = self.fast.encode(" " + text.strip(), add_special_tokens=False)
+        return [self.token_id("<|startofprev|>")] + tokens[-max_tokens:]
+
+    def task_prompt_ids(self, language: str = "en") -> list[int]:
+        """[sot, language, transcribe, notimestamps] whatever the checkpoint: the prompt the
+        diffusion decoder is trained and decoded with (every Whisper vocabulary has these tokens;
+        the shipped default model was trained with it on tiny.en)."""
+        return [self.sot, self.token_id(f"<|{language}|>"), self.token_id("<|transcribe|>"), self.no_timestamps]
+
+    def non_speech_ids(self) -> list[int]:
+        """Tokens Whisper's decoding never emits by default (its `suppress_tokens=-1`): those that
+        spell a bracket, quote or music symbol that is not speech (by itself or after a space), the
+        ones for " -" and " '", and each music note's first token. Suppressing them stops
+        "[Music]"-style captions and quoted transcripts that no reference contains."""
+        symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
+        symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+        notes = list("♩♪♫♬♭♮♯")
+        encode = lambda text: self.fast.encode(text, add_special_tokens=False)  # noqa: E731
+        ids = {encode(" -")[0], encode(" '")[0]}
+        for symbol in symbols + notes:
+            for pieces in (encode(symbol), encode(" " + symbol)):
+                if len(pieces) == 1 or symbol in notes:
+                    ids.add(pieces[0])
+        return sorted(i for i in ids if i < self.eot)
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        text = text.strip()
+        return {"input_ids": self.fast.encode(" " + text if text else "", add_special_tokens=False)}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            ids = [i for i in ids if i < self.eot]
+        return self.fast.decode(ids).strip()
+
+    def __len__(self) -> int:
+        return len(self.fast)
+
+
+@dataclass
+class CrossCache:
+    """Per-layer keys and values of the encoder output, (B, H, T, hd) each, and its key mask (B, 1, 1, T)."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    mask: Tensor
+
+    def select(self, rows: Tensor) -> "CrossCache":
+        width = int(self.mask[rows].sum(dim=-1).max())
+        return CrossCache([k[rows, :, :width] for k in self.keys], [v[rows, :, :width] for v in self.values],
+                          self.mask[rows, ..., :width])
+
+
+class WhisperTextDecoder(nn.Module):
+    """Whisper's decoder stack (token + learned position embeddings, pre-norm layers with self- and
+    cross-attention, final norm, output tied to the token embedding) with its own forward, so that
+    the self-attention mask can be causal, bidirectional or anything between.
+
+    Attributes: ``vocab_size`` (logit width: text tokens + EOS), ``mask_token_id`` (one past the
+    embedding table), ``eos_token_id``, ``hidden_size``, ``num_layers``, ``max_positions``.
+    """
+
+    def __init__(self, config: WhisperConfig, eos_token_id: int):
+        super().__init__()
+        reference = modeling_whisper.WhisperDecoder(config)
+        self.embed_tokens = reference.embed_tokens
+        self.embed_positions = reference.embed_positions
+        self.layers = reference.layers
+        self.layer_norm = reference.layer_norm
+        self.mask_embedding = nn.Parameter(torch.zeros(config.d_model))
+        self.config = config
+        self.num_heads = config.decoder_attention_heads
+        self.hidden_size = config.d_model
+        self.num_layers = config.decoder_layers
+        self.max_positions = config.max_target_positions
+        self.eos_token_id = eos_token_id
+        self.vocab_size = eos_token_id + 1
+        self.mask_token_id = config.vocab_size
+        self.alignment_heads: list[tuple[int, int]] | None = None
+        """The checkpoint's (layer, head) cross-attention heads that follow the speech in time
+        (Whisper's `alignment_heads`); None: the checkpoint names none (see `word_alignment_heads`)."""
+
+    def init_mask_embedding(self) -> None:
+        """Start [MASK] at the mean token embedding (a neutral point of the input space)."""
+        with torch.no_grad():
+            self.mask_embedding.copy_(self.embed_tokens.weight[: self.vocab_size].mean(dim=0))
+
+    def embed(self, ids: Tensor, positions: Tensor) -> Tensor:
+        """ids (B, S) with `mask_token_id` allowed, positions (B, S) -> (B, S, D)."""
+        is_mask = ids == self.mask_token_id
+        tokens = self.embed_tokens(ids.masked_fill(is_mask, 0))
+        tokens = torch.where(is_mask[..., None], self.mask_embedding.to(tokens.dtype), tokens)
+        return tokens + self.embed_positions.weight[positions].to(tokens.dtype)
+
+    def cross_cache(self, encoder_hidden: Tensor, encoder_lengths: Tensor) -> CrossCache:
+        """Keys/values of every layer's cross-attention, computed once per batch of audio.
+
+        encoder_hidden (B, T, d_enc); encoder_lengths (B,) valid frames.
+        """
+        batch, frames, _ = encoder_hidden.shape
+        keys, values = [], []
+        for layer in self.layers:
+            attention = layer.encoder_attn
+            keys.append(self._heads(attention.k_proj(encoder_hidden)))
+            values.append(self._heads(attention.v_proj(encoder_hidden)))
+        valid = torch.arange(frames, device=encoder_hidden.device)[None] < encoder_lengths.to(encoder_hidden.device)[:, None]
+        return CrossCache(keys, values, valid[:, None, None, :])
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, width = x.shape
+        return x.view(batch, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:
+        batch, _, length, head_dim = x.shape
+        return x.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim)
+
+    def forward(self, ids: Tensor, positions: Tensor, self_mask: Tensor, cross: CrossCache,
+                past: list[tuple[Tensor, Tensor]] | None = None, cross_weights: list[Tensor] | None = None
+                ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Hidden states after the final norm.
+
+        ids (B, S); positions (B, S); self_mask (B, 1, S, S_past + S) bool, True = may attend;
+        cross: the batch's `CrossCache`; past: per-layer self-attention keys/values of earlier
+        positions (AR decoding with a KV cache), or None. Returns hidden (B, S, D) and the
+        per-layer keys/values including these positions. `cross_weights`: a list that receives
+        each layer's cross-attention probabilities (B, H, S, T) (word timestamps); None (the
+        default) keeps the fused attention kernel.
+        """
+        def after_past(index: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+            if past is None:
+                return keys, values
+            return torch.cat([past[index][0], keys], dim=2), torch.cat([past[index][1], values], dim=2)
+
+        return self._layers(self.embed(ids, positions), self_mask, cross, after_past, cross_weights)
+
+    def forward_columns(self, ids: Tensor, positions: Tensor, columns: Tensor, cached: list[tuple[Tensor, Tensor]],
+                        self_mask: Tensor, cross: CrossCache) -> Tensor:
+        """Recompute the sequence columns ``columns`` (B, W) (inputs ``ids``, ``positions`` (B, W))
+        against whole-sequence self-attention keys/values ``cached`` (from ``forward``) with these
+        columns' entries replaced at every layer (block caches); self_mask (B, 1, W, T).
+        Returns hidden (B, W, D) after the final norm."""
+        def in_place_of_columns(index: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+            return scatter_columns(cached[index][0], columns, keys), scatter_columns(cached[index][1], columns, values)
+
+        return self._layers(self.embed(ids, positions), self_mask, cross, in_place_of_columns)[0]
+
+    def _layers(self, x: Tensor, self_mask: Tensor, cross: CrossCache,
+                self_keys: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]],
+                cross_weights: list[Tensor] | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The layer stack over embedded inputs x (B, S, D); `self_keys(layer index, keys, values)`
+        gives the self-attention keys/values the queries see, from x's own (B, H, S, hd);
+        `cross_weights`, if a list, receives each layer's cross-attention probabilities."""
+        dropout = self.config.dropout if self.training else 0.0
+        present = []
+        for index, layer in enumerate(self.layers):
+            normed = layer.self_attn_layer_norm(x)
+            attention = layer.self_attn
+            keys, values = self_keys(index, self._heads(attention.k_proj(normed)), self._heads(attention.v_proj(normed)))
+            present.append((keys, values))
+            context = F.scaled_dot_product_attention(self._heads(attention.q_proj(normed)), keys, values,
+                                                     attn_mask=self_mask)
+            x = x + F.dropout(attention.out_proj(self._merge(context)), dropout, self.training)
+            normed = layer.encoder_attn_layer_norm(x)
+            queries = self._heads(layer.encoder_attn.q_proj(normed))
+            if cross_weights is None:
+                context = F.scaled_dot_product_attention(queries, cross.keys[index], cross.values[index],
+                                                         attn_mask=cross.mask)
+            else:
+                context = _attention_keeping_weights(queries, cross.keys[index], cross.values[index], cross.mask,
+                                                     cross_weights)
+            x = x + F.dropout(layer.encoder_attn.out_proj(self._merge(context)), dropout, self.training)
+            hidden = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
+            x = x + F.dropout(layer.fc2(hidden), dropout, self.training)
+        return self.layer_norm(x), present
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden (..., D) -> logits over text tokens and EOS (..., vocab_size), float32."""
+        return (hidden @ self.embed_tokens.weight[: self.vocab_size].T.to(hidden.dtype)).float()
+
+
+def _attention_keeping_weights(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
+                               weights: list[Tensor]) -> Tensor:
+    """Scaled dot-product attention written out, appending its probabilities (B, H, S, T) to
+    `weights`; queries (B, H, S, hd), keys/values (B, H, T, hd), mask (B, 1, 1, T) bool."""
+    scores = (queries @ keys.transpose(-1, -2)) * queries.shape[-1] ** -0.5
+    probs = scores.masked_fill(~mask, float("-inf")).float().softmax(-1)
+    weights.append(probs)
+    return probs.to(values.dtype) @ values
+
+
+def word_alignment_heads(decoder: WhisperTextDecoder) -> list[tuple[int, int]]:
+    """The (layer, head) pairs whose cross-attention times words: the checkpoint's own
+    `alignment_heads`, or, when it names none, every head of the upper half of the layers
+    (Whisper's fallback for checkpoints without the list)."""
+    if decoder.alignment_heads is not None:
+        return list(decoder.alignment_heads)
+    return [(layer, head) for layer in range(decoder.num_layers // 2, decoder.num_layers)
+            for head in range(decoder.num_heads)]
+
+
+def read_alignment_heads(path: Path, num_layers: int, num_heads: int) -> list[tuple[int, int]] | None:
+    """`alignment_heads` of a Whisper directory: config.json (CTranslate2 keeps it there) or
+    generation_config.json (transformers keeps it there); None if neither names any."""
+    for name in ("config.json", "generation_config.json"):
+        file = path / name
+        heads = json.loads(file.read_text(encoding="utf-8")).get("alignment_heads") if file.is_file() else None
+        if heads:
+            pairs = [(int(layer), int(head)) for layer, head in heads]
+            bad = [p for p in pairs if not (0 <= p[0] < num_layers and 0 <= p[1] < num_heads)]
+            if bad:
+                raise DecoderLoadError(f"{file}: alignment_heads {bad} lie outside the decoder's "
+                                       f"{num_layers} layers x {num_heads} heads")
+            return pairs
+    return None
+
+
+def whisper_decoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``model.decoder.*`` part of a WhisperForConditionalGeneration state dict, unprefixed."""
+    prefix = "model.decoder."
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def load_whisper_text_decoder(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32
+                              ) -> tuple[WhisperTextDecoder, WhisperTokenizer]:
+    """Whisper's pretrained decoder and tokenizer from a CTranslate2 or transformers directory."""
+    from dllm_asr.model.ct2 import load_ct2_whisper
+
+    path = Path(model_dir)
+    if (path / "model.bin").is_file():
+        config, state = load_ct2_whisper(path)
+    elif (path / "config.json").is_file():
+        from dllm_asr.model.encoders import _hf_weight_files
+        from safetensors.torch import load_file
+
+        config = WhisperConfig.from_pretrained(path)
+        state = {}
+        for file in _hf_weight_files(path):
+            state.update(load_file(str(file)) if file.suffix == ".safetensors" else {})
+    else:
+        raise DecoderLoadError(f"{path} is not a Whisper model directory (model.bin or config.json)")
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise DecoderLoadError(f"{path}: no tokenizer.json beside the Whisper weights")
+    tokenizer = WhisperTokenizer(tokenizer_file)
+    decoder = WhisperTextDecoder(config, eos_token_id=tokenizer.eot)
+    decoder_state = whisper_decoder_state(state)
+    if not decoder_state:
+        raise DecoderLoadError(f"{path}: the checkpoint has no decoder weights (model.decoder.*)")
+    decoder_state["mask_embedding"] = torch.zeros(config.d_model)
+    decoder.load_state_dict(decoder_state, strict=True)
+    decoder.init_mask_embedding()
+    decoder.alignment_heads = read_alignment_heads(path, decoder.num_layers, decoder.num_heads)
+    return decoder.to(dtype).eval(), tokenizer
+
+
+def causal_mask(length: int, past: int, device: torch.device) -> Tensor:
+    """(1, 1, length, past + length) bool: position i may see every earlier position and itself."""
+    rows = torch.arange(length, device=device)[:, None] + past
+    return (torch.arange(past + length, device=device)[None] <= rows)[None, None]
+
+
+def annealed_mask(length: int, reveal: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Attention-mask annealing (DiffuLLaMA): causal, plus each future key revealed with probability
+    `reveal` (0 = causal, 1 = bidirectional). Returns (1, 1, length, length) bool."""
+    causal = causal_mask(length, 0, device)
+    if reveal >= 1:
+        return torch.ones_like(causal)
+    if reveal <= 0:
+        return causal
+    draws = torch.rand(length, length, generator=generator, device=device)[None, None]
+    return causal | (draws < reveal)
+
+
+__all__ = ["CrossCache", "WhisperTextDecoder", "WhisperTokenizer", "annealed_mask", "causal_mask",
+           "load_whisper_text_decoder", "word_alignment_heads"]

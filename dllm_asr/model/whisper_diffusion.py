@@ -1,0 +1,359 @@
+"""WhisperDiffusionASR: the default model's family. A frozen Whisper encoder, and Whisper's own
+decoder adapted into a masked-diffusion decoder that reads the audio through its pretrained
+cross-attention (docs/default-model.md).
+
+The model keeps the unmodified pretrained decoder beside the adapted one: run causally with a KV
+cache, it is the AR baseline and the source of AR priors (deliberation, prior-guided decoding),
+and it shares the frozen token embedding with the diffusion decoder. A checkpoint stores only
+what training changed (the diffusion decoder's layers, positions, norm and [MASK] embedding, and
+a CTC head if any); the base weights come from the Whisper checkpoint the config names.
+
+It offers the same methods as `SpeechLLM` (features, encode, response_logits, mask_predictor,
+generate_ar, ...), so training, every decoding strategy, evaluation and the CLI work unchanged.
+The decoder's response block is `[prompt | response]` with Whisper's prompt
+(`<|startoftranscript|><|notimestamps|>` for English-only models); rows are right-padded, since
+Whisper's learned positions start at 0 for every row.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dllm_asr.audio.features import log_mel_batch, zero_pad_frames_to_30s
+from dllm_asr.config import ModelConfig
+from dllm_asr.model.block_cache import CACHE_MODES, BlockCachePredictor, SequenceCache, column_attention_mask
+from dllm_asr.model.checkpoint import check_keep
+from dllm_asr.model.decoders.causal import GeneratedTokens
+from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask,
+                               word_alignment_heads)
+from dllm_asr.model.speech_llm import AudioContext, SpeechModel
+from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES
+
+
+class WhisperDiffusionASR(SpeechModel):
+    """Whisper encoder + Whisper decoder adapted to masked diffusion (+ the original decoder for AR)."""
+
+    def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: WhisperTextDecoder,
+                 base_decoder: WhisperTextDecoder, tokenizer: WhisperTokenizer, ctc_head: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.decoder = decoder
+        self.base_decoder = base_decoder
+        self.decoder.embed_tokens = base_decoder.embed_tokens  # one frozen table for both
+        self.ctc_head = ctc_head
+        self.adapter = None
+        self._tokenizer = tokenizer
+        self.register_buffer("prompt_ids", torch.tensor(tokenizer.task_prompt_ids(), dtype=torch.long),
+                             persistent=False)
+        """The adapted (diffusion) decoder's prompt."""
+        self.register_buffer("base_prompt_ids", torch.tensor(tokenizer.prompt_ids(), dtype=torch.long),
+                             persistent=False)
+        """The pretrained decoder's prompt, Whisper's own (2 tokens for an English-only checkpoint)."""
+        self.register_buffer("suppress_ids", torch.tensor(tokenizer.non_speech_ids(), dtype=torch.long),
+                             persistent=False)
+        self.attention_reveal = 1.0
+        """Training only: the probability that a response position sees a later one (attention-mask
+        annealing; 1.0 = bidirectional, the decoding-time attention). Set by the trainer."""
+
+    # ---------------------------------------------------------------- what callers read
+
+    @property
+    def tokenizer(self) -> WhisperTokenizer:
+        return self._tokenizer
+
+    @property
+    def supports_ar(self) -> bool:
+        """The pretrained decoder is kept, so `--strategy ar` runs Whisper's own AR decoding."""
+        return True
+
+    def delta_parameter_names(self) -> list[str]:
+        """What a checkpoint stores: the adapted decoder (not the shared frozen embedding) and a CTC head."""
+        return [name for name, _ in self.named_parameters()
+                if (name.startswith("decoder.") and name != "decoder.embed_tokens.weight")
+                or name.startswith("ctc_head.")]
+
+    def frozen_parameter_names(self) -> set[str]:
+        """Parameters no training stage may change, whatever parts it names."""
+        return {"decoder.embed_tokens.weight"}
+
+    @torch.no_grad()
+    def interpolate_toward_base(self, keep: float) -> None:
+        """Keep the fraction `keep` of what fine-tuning changed in the adapted decoder:
+        decoder <- base + keep * (decoder - base), parameter by parameter (WiSE-FT, Wortsman et
+        al. 2022, arXiv 2109.01903). The pretrained decoder knows real speech; the fine-tuning
+        saw only synthetic voices, and on real recordings part of its change is overfitting
+        (docs/default-model.md). `keep` = 1 leaves the model as it is."""
+        check_keep(keep)
+        base = dict(self.base_decoder.named_parameters())
+        for name, param in self.decoder.named_parameters():
+            if name in base and base[name] is not param:  # the token table is shared, not adapted
+                param.copy_(torch.lerp(base[name].to(param.dtype), param, keep))
+
+    # ---------------------------------------------------------------- audio
+
+    def features(self, audios: Sequence[np.ndarray], pad_to_30s: bool | None = None) -> tuple[Tensor, Tensor]:
+        """16 kHz waveforms -> log-mel features (B, n_mels, T) and frame counts (B,). The 30-s
+        window is zero-padded in the feature domain, as Whisper's `transcribe` does (see
+        `dllm_asr.audio.features.zero_pad_frames_to_30s`)."""
+        pad = self.config.encoder.pad_to_30s if pad_to_30s is None else pad_to_30s
+        feats, lengths = log_mel_batch(list(audios), n_mels=self.encoder.n_mels, pad_to_30s=False)
+        if pad:
+            feats = zero_pad_frames_to_30s(feats)
+            lengths = torch.full_like(lengths, feats.shape[-1])
+        return feats.to(self.device), lengths.to(self.device)
+
+    def encode_hidden(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The frozen encoder's output (B, T, d) and valid frames (B,): what training may cache."""
+        dtype = next(self.encoder.parameters()).dtype
+        return self.encoder(features.to(dtype), feature_lengths)
+
+    def audio_context(self, hidden: Tensor, hidden_lengths: Tensor) -> AudioContext:
+        """Encoder output -> AudioContext (the CTC head, if any, is applied here)."""
+        ctc = self.ctc_head(hidden.float()) if self.ctc_head is not None else None
+        return AudioContext(hidden, hidden_lengths, ctc, hidden_lengths)
+
+    def audio_free(self, audio: AudioContext) -> AudioContext:
+        """The text-only control: the encoder's output for silence of one second per row, so the
+        decoder hears nothing (cross-attention needs at least one frame)."""
+        silence = [np.zeros(16000, dtype=np.float32)] * audio.embeds.shape[0]
+        return self.encode_audio(silence)
+
+    # ---------------------------------------------------------------- diffusion
+
+    def _cross(self, audio: AudioContext, decoder: WhisperTextDecoder) -> CrossCache:
+        return decoder.cross_cache(audio.embeds.to(decoder.embed_tokens.weight.dtype), audio.lengths)
+
+    def _self_mask(self, prompt: int, length: int, lengths: Tensor, causal: bool,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """(B, 1, P+L, P+L) bool. Keys past a row's response are hidden; the response block is
+        bidirectional (or causal, or annealed during training)."""
+        total = prompt + length
+        device = lengths.device
+        if causal:
+            mask = causal_mask(total, 0, device)
+        else:
+            reveal = self.attention_reveal if self.training else 1.0
+            mask = annealed_mask(total, reveal, generator, device)
+        keys_valid = torch.arange(total, device=device)[None] < (prompt + lengths)[:, None]
+        return mask & keys_valid[:, None, None, :]
+
+    def response_logits(self, audio: AudioContext, tokens: Tensor, lengths: Tensor | None = None,
+                        causal: bool = False, cross: CrossCache | None = None,
+                        positions: Tensor | None = None) -> Tensor:
+        """Logits over the response block, (B, L, V); with `positions` (B, L) bool, only those
+        positions' logits, (N, V) in row-major order.
+
+        tokens (B, L) ids (mask id at undecided positions); lengths (B,) valid positions. With the
+        shift, logits[:, i] (predicting tokens[:, i]) come from the position before it.
+        causal=True: teacher-forced AR logits of the adapted decoder.
+        """
+        batch, length = tokens.shape
+        if lengths is None:
+            lengths = torch.full((batch,), length, device=tokens.device)
+        prompt = self.prompt_ids.shape[0]
+        ids = torch.cat([self.prompt_ids[None].expand(batch, -1), tokens], dim=1)
+        position_ids = torch.arange(prompt + length, device=tokens.device)[None].expand(batch, -1)
+        mask = self._self_mask(prompt, length, lengths.to(tokens.device), causal)
+        cross = self._cross(audio, self.decoder) if cross is None else cross
+        hidden, _ = self.decoder(ids, position_ids, mask, cross)
+        hidden = hidden[:, prompt - 1: prompt + length - 1]
+        return self.decoder.logits(hidden if positions is None else hidden[positions.to(hidden.device)])
+
+    def suppress(self, logits: Tensor) -> Tensor:
+        """Decoding only: the non-speech symbol tokens get -inf (Whisper's default suppression;
+        `WhisperTokenizer.non_speech_ids`). Training keeps them: a reference may contain one."""
+        return logits.index_fill_(-1, self.suppress_ids, float("-inf"))
+
+    def mask_predictor(self, audio: AudioContext, cache: str = "none") -> Callable[..., Tensor]:
+        """A mask predictor for `dllm_asr.decoding.decode`. The encoder's keys/values of every
+        cross-attention layer are computed once here and reused at every step (exact: they do
+        not depend on the response), so "static" has nothing more to cache; "prefix" and "dual"
+        are Fast-dLLM's block-wise self-attention caches (`dllm_asr.model.block_cache`)."""
+        if cache not in CACHE_MODES:
+            raise ValueError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        cross = self._cross(audio, self.decoder)
+        selected: dict[tuple[int, ...], CrossCache] = {}  # the last row set's keys/values: it rarely changes
+
+        def cross_of(rows: Tensor) -> CrossCache:
+            key = tuple(rows.tolist())
+            if key not in selected:
+                selected.clear()
+                selected[key] = cross.select(rows.to(cross.mask.device))
+            return selected[key]
+
+        if cache in ("prefix", "dual"):
+            return BlockCachePredictor(WhisperCacheBackend(self, cross_of), cache)
+
+        def predict(tokens: Tensor, rows: Tensor, lengths: Tensor, positions: Tensor | None = None) -> Tensor:
+            return self.suppress(self.response_logits(audio, tokens, lengths, cross=cross_of(rows), positions=positions))
+
+        predict.takes_positions = True  # only the positions still to decide are projected onto the vocabulary
+        return predict
+
+    @torch.no_grad()
+    def no_speech_probs(self, audio: AudioContext) -> Tensor:
+        """Whisper's no-speech probability per row, (B,): the pretrained decoder's probability of
+        <|nospeech|> right after <|startoftranscript|>, as Whisper computes it. On this model's
+        unpadded encoder output it is above 0.9 for silence and noise, below 0.25 for speech
+        (docs/default-model.md)."""
+        decoder = self.base_decoder
+        cross = self._cross(audio, decoder)
+        start = self.base_prompt_ids[None, :1].expand(audio.embeds.shape[0], -1)
+        hidden, _ = decoder(start, torch.zeros_like(start), causal_mask(1, 0, self.device), cross)
+        return self._no_speech_after_start(hidden[:, 0])
+
+    @property
+    def supports_word_timestamps(self) -> bool:
+        """The pretrained decoder's alignment heads time the words (`dllm_asr.transcription.word_times`)."""
+        return True
+
+    @torch.no_grad()
+    def alignment_weights(self, audio: AudioContext, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The pretrained decoder run once, causally and teacher-forced, on [prompt | tokens | EOT]:
+        what `dllm_asr.transcription.word_times` aligns words with.
+
+        tokens (B, N) text ids, each row's first `lengths` (B,) valid (the rest any id). Returns the
+        alignment heads' cross-attention (B, A, N + 1, T) and each token's probability (B, N + 1),
+        from the positions that predict tokens 0..N-1 and then EOT (row i: the query predicting
+        token i, as in AR training); rows past a row's EOT are padding.
+        """
+        decoder = self.base_decoder
+        batch, length = tokens.shape
+        lengths = lengths.to(tokens.device)
+        target = torch.cat([tokens, tokens.new_full((batch, 1), self.eos_id)], dim=1)
+        target = target.masked_fill(torch.arange(length + 1, device=tokens.device)[None] >= lengths[:, None],
+                                    self.eos_id)
+        prompt = self.base_prompt_ids.shape[0]
+        ids = torch.cat([self.base_prompt_ids[None].expand(batch, -1), target], dim=1)
+        positions = torch.arange(ids.shape[1], device=tokens.device)[None].expand(batch, -1)
+        weights: list[Tensor] = []
+        hidden, _ = decoder(ids, positions, causal_mask(ids.shape[1], 0, tokens.device), self._cross(audio, decoder),
+                            cross_weights=weights)
+        rows = slice(prompt - 1, prompt + length)
+        heads = torch.stack([weights[layer][:, head, rows] for layer, head in word_alignment_heads(decoder)], dim=1)
+        probs = decoder.logits(hidden[:, rows]).softmax(-1).gather(-1, target[..., None])[..., 0]
+        return heads, probs
+
+    def _no_speech_after_start(self, hidden: Tensor) -> Tensor:
+        """P(<|nospeech|>) from the pretrained decoder's hidden state (B, D) at
+        <|startoftranscript|>, (B,): the full vocabulary's softmax, as Whisper computes it."""
+        logits = hidden @ self.base_decoder.embed_tokens.weight.T.to(hidden.dtype)
+        return logits.float().softmax(-1)[:, self.tokenizer.no_speech]
+
+    # ---------------------------------------------------------------- autoregressive
+
+    @torch.no_grad()
+    def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
+                    audio: AudioContext | None = None, fallback: bool = True,
+                    initial_prompt: str | None = None) -> GeneratedTokens:
+        """Whisper's own decoding with the pretrained decoder and a KV cache, on 30-s padded input
+        as Whisper was trained: greedy, with Whisper's temperature fallback (`fallback`; see
+        `FALLBACK_TEMPERATURES`). Special, timestamp and non-speech symbol tokens are suppressed,
+        and EOS and a lone space at the first step (Whisper's suppress_blank). `audio`: the clips already encoded,
+        reused when it is 30-s padded. `initial_prompt`: text given to every row as Whisper's
+        previous-text context (`ar_prompt_ids`). Returns one token list per row and `.nfe`
+        (forward passes of the network, fallback passes included)."""
+        if num_beams != 1:
+            raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
+        if audio is None or not self.config.encoder.pad_to_30s:  # only 30-s padded output is reusable
+            audio = self.encode(*self.features(audios, pad_to_30s=True))
+        cross = self._cross(audio, self.base_decoder)
+        prompt = self.ar_prompt_ids(initial_prompt)
+        limit = min(max_new_tokens, self.base_decoder.max_positions - prompt.shape[0])
+        best = self._sample_ar(cross, prompt, limit, temperature=0.0)
+        nfe = best.nfe
+        if fallback:
+            generator = torch.Generator(device=self.device).manual_seed(0)  # the same transcript every run
+            for temperature in FALLBACK_TEMPERATURES:
+                redo = [i for i in range(len(audios)) if best.needs_fallback(i)]
+                if not redo:
+                    break
+                rows = torch.tensor(redo, device=self.device).repeat_interleave(FALLBACK_BEST_OF)
+                tried = self._sample_ar(cross.select(rows), prompt, limit, temperature, generator)
+                nfe += tried.nfe
+                best.keep_better(redo, tried.best_of(FALLBACK_BEST_OF))
+        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs)
+
+    def ar_prompt_ids(self, initial_prompt: str | None = None) -> Tensor:
+        """The pretrained decoder's whole prompt, (P,): Whisper's previous-text context for
+        `initial_prompt` (<|startofprev|> and at most the text's last max_positions // 2 - 1
+        tokens, Whisper's cut), then `base_prompt_ids`."""
+        context = self.tokenizer.previous_text_ids(initial_prompt, self.base_decoder.max_positions // 2 - 1)
+        return torch.cat([torch.tensor(context, dtype=torch.long, device=self.device), self.base_prompt_ids])
+
+    def _sample_ar(self, cross: CrossCache, prompt: Tensor, limit: int, temperature: float,
+                   generator: torch.Generator | None = None) -> "ARSamples":
+        """One causal decoding pass over every row of `cross` after `prompt` (P,): greedy at
+        temperature 0, sampled from softmax(logits / temperature) otherwise."""
+        decoder = self.base_decoder
+        batch = cross.mask.shape[0]
+        ids = prompt[None].expand(batch, -1)
+        positions = torch.arange(ids.shape[1], device=self.device)[None].expand(batch, -1)
+        hidden, past = decoder(ids, positions, causal_mask(ids.shape[1], 0, self.device), cross)
+        start = ids.shape[1] - self.base_prompt_ids.shape[0]  # <|startoftranscript|>, after any context
+        no_speech = self._no_speech_after_start(hidden[:, start])
+        out = torch.full((batch, 0), self.eos_id, dtype=torch.long, device=self.device)
+        logprob = torch.zeros(batch, device=self.device)
+        token_probs = []  # per step (B,): the chosen token's probability under the greedy softmax
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        nfe = 1
+        for step in range(limit):
+            logits = self.suppress(decoder.logits(hidden[:, -1]))
+            if step == 0:  # Whisper's suppress_blank
+                logits[:, [self.eos_id, self.tokenizer.blank]] = float("-inf")
+            if temperature > 0:
+                probs = (logits / temperature).softmax(-1)
+                token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                token = logits.argmax(-1)
+            token = token.masked_fill(done, self.eos_id)
+            token_logprob = logits.log_softmax(-1).gather(1, token[:, None])[:, 0]
+            token_probs.append(token_logprob.exp())
+            logprob += token_logprob.masked_fill(done, 0.0)
+            out = torch.cat([out, token[:, None]], dim=1)
+            done |= token == self.eos_id
+            if bool(done.all()) or step == limit - 1:
+                break
+            position = torch.full((batch, 1), ids.shape[1] + step, device=self.device)
+            hidden, past = decoder(token[:, None], position, causal_mask(1, past[0][0].shape[2], self.device),
+                                   cross, past)
+            nfe += 1
+        rows = [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in out.tolist()]
+        probs = torch.stack(token_probs, dim=1).tolist() if token_probs else [[] for _ in rows]
+        return ARSamples.scored(rows, logprob.tolist(), no_speech.tolist(), self.tokenizer.decode, nfe,
+                                [p[: len(row)] for p, row in zip(probs, rows)])
+
+
+class WhisperCacheBackend:
+    """`block_cache.CacheBackend` of the adapted Whisper decoder: sequences are `[prompt | response]`
+    (audio enters through cross-attention), and the output at column P - 1 + j predicts token j."""
+
+    def __init__(self, model: WhisperDiffusionASR, cross_of: Callable[[Tensor], CrossCache]):
+        self.model, self.cross_of, self.decoder = model, cross_of, model.decoder
+
+    def _ids(self, tokens: Tensor) -> Tensor:
+        return torch.cat([self.model.prompt_ids[None].expand(tokens.shape[0], -1), tokens], dim=1)
+
+    def full_hidden(self, tokens: Tensor, rows: Tensor, lengths: Tensor) -> tuple[Tensor, SequenceCache]:
+        prompt, length = self.model.prompt_ids.shape[0], tokens.shape[1]
+        ids = self._ids(tokens)
+        positions = torch.arange(prompt + length, device=tokens.device)[None].expand(tokens.shape[0], -1)
+        mask = self.model._self_mask(prompt, length, lengths.to(tokens.device), causal=False)
+        hidden, present = self.decoder(ids, positions, mask, self.cross_of(rows))
+        keys_valid = mask[:, 0].any(dim=1)
+        cache = SequenceCache([k for k, _ in present], [v for _, v in present], keys_valid, positions,
+                              prompt - 1, 1)
+        return hidden[:, prompt - 1: prompt - 1 + length], cache
+
+    def window_hidden(self, cache: SequenceCache, tokens: Tensor, columns: Tensor) -> Tensor:
+        rows = torch.tensor(cache.rows, device=tokens.device)
+        cached = list(zip(cache.keys, cache.values))
+        return self.decoder.forward_columns(self._ids(tokens).gather(1, columns), cache.positions.gather(1, columns),
+                                            columns, cached, column_attention_mask(cache, columns), self.cross_of(rows))
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.model.suppress(self.decoder.logits(hidden))

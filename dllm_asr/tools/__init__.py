@@ -1,0 +1,1 @@
+"""Tools beside the library: the synthetic corpus builder, real recordings, the slice probe."""

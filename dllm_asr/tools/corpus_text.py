@@ -1,0 +1,154 @@
+"""Text for the synthetic corpus: English prose from Debian packages (fortunes, the King James
+Bible, WordNet glosses, GCIDE) cut into sentences a speech synthesiser reads as written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+
+from dllm_asr.tools.textnorm import normalize_sentence, split_sentences
+
+
+TEXT_SOURCES = ("fortunes", "bible", "wordnet", "gcide")
+
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+WORDNET_DIR = Path("/usr/share/wordnet")
+GCIDE_FILE = Path("/usr/share/dictd/gcide.dict.dz")
+# Fortune files that are not prose (pictures, code, other languages).
+_SKIPPED_FORTUNE_FILES = {"ascii-art", "translate-me", "perl", "linux", "computers", "debian"}
+
+
+def _read_fortunes(directory: Path = FORTUNES_DIR) -> Iterator[str]:
+    """Yield the prose of each fortune, attribution lines ("-- Author") removed."""
+    for path in sorted(directory.glob("*")):
+        if path.suffix or path.is_symlink() or path.name in _SKIPPED_FORTUNE_FILES:
+            continue
+        for fortune in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            lines = [ln for ln in fortune.splitlines() if not ln.strip().startswith("--")]
+            yield " ".join(lines)
+
+
+def _read_bible() -> Iterator[str]:
+    """Yield each chapter of the King James Bible (via the `bible` program of bible-kjv)."""
+    result = subprocess.run(["bible", "Gen1:1-Rev22:21"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, check=True)
+    for chapter in re.split(r"\n\s*\n", result.stdout):
+        lines = [ln for ln in chapter.splitlines() if not re.fullmatch(r"\S.* \d+", ln)]
+        yield re.sub(r"(?m)^\s*\d+\s", " ", "\n".join(lines))
+
+
+def _read_wordnet(directory: Path = WORDNET_DIR) -> Iterator[str]:
+    """Yield WordNet usage examples (the quoted phrases of the glosses) as sentences."""
+    for part in ("noun", "verb", "adj", "adv"):
+        with open(directory / f"data.{part}", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(" ") or " | " not in line:
+                    continue  # licence header
+                for example in re.findall(r'"([^"]+)"', line.split(" | ", 1)[1]):
+                    example = example.strip()
+                    if example[-1:] not in ".?!":
+                        example += "."
+                    yield example[:1].upper() + example[1:]
+
+
+def _read_gcide(path: Path = GCIDE_FILE) -> Iterator[str]:
+    """Yield the literary quotations of the 1913 Webster (indented blocks, '--Author' removed)."""
+    block: list[str] = []
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            indent = len(line) - len(line.lstrip(" "))
+            if 9 <= indent < 40 and line.strip():
+                block.append(re.sub(r"\s(?:\s+|)--\s?[A-Z].*$", "", line.strip()))
+                continue
+            if indent >= 40 and line.strip():
+                continue  # right-aligned continuation of an attribution
+            if block:
+                yield " ".join(block)
+                block = []
+    if block:
+        yield " ".join(block)
+
+
+def _source_passages(source: str) -> Iterator[str]:
+    readers = {"fortunes": _read_fortunes, "bible": _read_bible, "wordnet": _read_wordnet,
+               "gcide": _read_gcide}
+    if source not in readers:
+        raise ValueError(f"unknown text source {source!r}; choose from {', '.join(TEXT_SOURCES)}")
+    return readers[source]()
+
+
+def _source_available(source: str) -> bool:
+    return {"fortunes": FORTUNES_DIR.is_dir(), "bible": shutil.which("bible") is not None,
+            "wordnet": (WORDNET_DIR / "data.noun").is_file(), "gcide": GCIDE_FILE.is_file()}[source]
+
+
+def sentences_from_passages(passages: Iterable[str]) -> list[str]:
+    """Split passages into sentences and keep the TTS-safe ones, deduplicated, in first-seen order."""
+    seen: set[str] = set()
+    kept: list[str] = []
+    for passage in passages:
+        for sentence in split_sentences(passage):
+            clean = normalize_sentence(sentence)
+            if clean is not None and _dedupe_key(clean) not in seen:
+                seen.add(_dedupe_key(clean))
+                kept.append(clean)
+    return kept
+
+
+def _dedupe_key(sentence: str) -> str:
+    """Sentences with the same words (ignoring case and punctuation) count as one."""
+    return " ".join(re.sub(r"[^a-z' ]", " ", sentence.lower()).split())
+
+
+_SOURCE_PACKAGES = {"fortunes": "fortunes", "bible": "bible-kjv", "wordnet": "wordnet-base",
+                    "gcide": "dict-gcide"}
+
+
+def _sentences_of(source: str) -> list[str]:
+    """Clean sentences of one named source or one plain-text file (paragraphs = blank-line blocks)."""
+    if source in _SOURCE_PACKAGES:
+        return sentences_from_passages(_source_passages(source))
+    return sentences_from_passages(Path(source).read_text(errors="replace").split("\n\n"))
+
+
+def load_sentences(sources: Sequence[str] = TEXT_SOURCES, text_files: Sequence[str | os.PathLike] = (),
+                   jobs: int = 1) -> dict[str, list[str]]:
+    """Clean sentences per source: Debian corpora by name plus any plain-text files of prose.
+
+    A named source whose Debian package is not installed raises ValueError naming the package.
+    Sentences are deduplicated across sources (the first source keeps a shared sentence).
+    `jobs` > 1 reads the sources in parallel processes; the result does not depend on it.
+    """
+    for source in sources:
+        if source not in _SOURCE_PACKAGES:
+            raise ValueError(f"unknown text source {source!r}; choose from {', '.join(TEXT_SOURCES)}")
+        if not _source_available(source):
+            raise ValueError(f"text source {source!r} needs `apt-get install {_SOURCE_PACKAGES[source]}`")
+    for text_file in text_files:
+        if not Path(text_file).is_file():
+            raise ValueError(f"text file {text_file} does not exist")
+    names = list(sources) + [str(p) for p in text_files]
+    if jobs > 1 and len(names) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(names)), mp_context=get_context("spawn")) as pool:
+            lists = list(pool.map(_sentences_of, names))
+    else:
+        lists = [_sentences_of(name) for name in names]
+    seen: set[str] = set()
+    by_source: dict[str, list[str]] = {}
+    for name, sentences in zip(names, lists):
+        by_source[name] = []
+        for sentence in sentences:
+            if _dedupe_key(sentence) not in seen:
+                seen.add(_dedupe_key(sentence))
+                by_source[name].append(sentence)
+    return by_source

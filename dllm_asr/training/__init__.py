@@ -1,0 +1,1 @@
+"""Training: objectives, recipes, schedules, the trainer and its distributed launch."""

@@ -1,0 +1,1 @@
+"""Transcription for users: options, the batched long-form pipeline, word times, output files."""
