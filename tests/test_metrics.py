@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from dllm_asr.evaluation.metrics import align_words, normalize, read_transcripts, rtf, score, score_files, word_error_rate
+from dllm_asr.evaluation.metrics import (align_words, normalize, read_transcripts, rtf, score, score_files,
+                                         word_error_rate)
 from dllm_asr.timer import Timer
 
 

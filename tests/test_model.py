@@ -5,10 +5,10 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from dllm_asr.model.checkpoint import WEIGHTS_FILE, delta_parameter_names, export_model, save_model
+from dllm_asr.model.checkpoint import WEIGHTS_FILE, export_model, save_model
 from dllm_asr.model.loading import build_model, load_model
-from dllm_asr.model.speech_llm import encode_transcripts, transcript_and_eos
 from dllm_asr.training.objectives import forward_mask, masked_diffusion_loss
+from dllm_asr.training.objectives import encode_transcripts, transcript_and_eos
 
 
 def test_forward_shapes_and_lora_count(tiny_model, real_clips):
@@ -67,7 +67,7 @@ def test_export_to_fp16_halves_the_file_and_loads_into_fp32(tiny_model, tmp_path
     assert half < 0.55 * full
     loaded = load_model(tmp_path / "ship")
     original, params = dict(tiny_model.named_parameters()), dict(loaded.named_parameters())
-    for name in delta_parameter_names(loaded):
+    for name in loaded.delta_parameter_names():
         assert params[name].dtype == torch.float32
         torch.testing.assert_close(params[name], original[name].half().float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="--dtype must be one of"):

@@ -21,10 +21,10 @@ from dllm_asr.data.clips import AudioDataset
 from dllm_asr.data.manifests import Utterance, load_dataset
 from dllm_asr.evaluation.metrics import ScoreReport, rtf, score
 from dllm_asr.files import remove_stale_temps, written_together
-from dllm_asr.model.speech_llm import AudioContext, SpeechLLM, encode_transcripts, transcript_and_eos
+from dllm_asr.model.speech_llm import AudioContext, SpeechLLM
 from dllm_asr.progress import progress
 from dllm_asr.timer import Timer
-from dllm_asr.training.objectives import forward_mask, masked_diffusion_loss, next_token_loss
+from dllm_asr.training.objectives import response_loss
 from dllm_asr.transcription.long_form import transcribe_batch
 from dllm_asr.transcription.options import DeliberationOptions
 from dllm_asr.transcription.options import TranscribeOptions
@@ -180,22 +180,16 @@ def audio_gain(model: SpeechLLM, audios: Sequence[np.ndarray], texts: Sequence[s
     audio = model.encode_audio(audios)
     order = torch.roll(torch.arange(len(texts), device=audio.embeds.device), 1)
     swapped = AudioContext(audio.embeds[order], audio.lengths[order], None, audio.encoder_lengths[order])
-    ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
-    ids = ids.to(model.device)
-    return _response_loss(model, audio, ids, text_lengths, seeds), _response_loss(model, swapped, ids, text_lengths, seeds)
+    return _mean_loss(model, audio, texts, seeds), _mean_loss(model, swapped, texts, seeds)
 
 
-def _response_loss(model: SpeechLLM, audio: AudioContext, ids: torch.Tensor, text_lengths: torch.Tensor,
-                   seeds: Sequence[int]) -> float:
+def _mean_loss(model: SpeechLLM, audio: AudioContext, texts: Sequence[str], seeds: Sequence[int]) -> float:
+    """`response_loss` unweighted, averaged over one mask draw per seed (AR models: no draw)."""
     if model.config.objective == "ar":
-        valid = transcript_and_eos(ids, text_lengths)
-        return next_token_loss(model.response_logits(audio, ids, causal=True), ids, valid).item()
-    valid = torch.ones_like(ids, dtype=torch.bool)
-    losses = []
-    for seed in seeds:
-        generator = torch.Generator(device=ids.device).manual_seed(seed)
-        noisy = forward_mask(ids, valid, model.mask_id, generator=generator)
-        losses.append(masked_diffusion_loss(model.response_logits(audio, noisy.noisy), ids, noisy, valid, "none").item())
+        return response_loss(model, audio, list(texts)).item()
+    losses = [response_loss(model, audio, list(texts), "none",
+                            generator=torch.Generator(device=model.device).manual_seed(seed)).item()
+              for seed in seeds]
     return float(np.mean(losses))
 
 

@@ -30,22 +30,9 @@ STATE_JSON = "train_state.json"
 CHECKPOINT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, STATE_TENSORS, STATE_JSON})
 
 
-def delta_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the parameters a checkpoint stores: everything not part of a frozen base model."""
-    if hasattr(model, "delta_parameter_names"):  # a model family that knows its own deltas
-        return model.delta_parameter_names()
-    unfrozen = tuple(f"{part}." for part in ("encoder", "decoder")
-                     if not getattr(model.config, part).frozen)
-    names = []
-    for name, _ in model.named_parameters():
-        if name.startswith(("adapter.", "ctc_head.") + unfrozen) or "lora_" in name:
-            names.append(name)
-    return names
-
-
 def delta_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
-    return {name: params[name].detach().float().cpu().contiguous() for name in delta_parameter_names(model)}
+    return {name: params[name].detach().float().cpu().contiguous() for name in model.delta_parameter_names()}
 
 
 def save_model(model: nn.Module, directory: str | Path, train_state: dict[str, Any] | None = None) -> Path:
@@ -87,7 +74,7 @@ def load_deltas(model: nn.Module, directory: str | Path) -> None:
     unknown = sorted(set(stored) - set(params))
     if unknown:
         raise ValueError(f"{path}: tensors that this model does not have: {', '.join(unknown[:5])}")
-    missing = sorted(set(delta_parameter_names(model)) - set(stored))
+    missing = sorted(set(model.delta_parameter_names()) - set(stored))
     if missing:
         raise ValueError(f"{path}: missing trained tensors: {', '.join(missing[:5])}")
     with torch.no_grad():

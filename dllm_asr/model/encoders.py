@@ -352,20 +352,3 @@ def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor,
     return texts
 
 
-def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str],
-             vocab: CharVocabulary = ENGLISH_CHARS) -> torch.Tensor:
-    """Mean CTC loss (per-target-length normalised, as torch's ``reduction='mean'``).
-
-    Args:
-        log_probs: (B, T, V) from ``CTCHead``. lengths: (B,) valid frames. texts: B transcripts.
-    Returns:
-        scalar loss; impossible alignments (transcript longer than the audio) give 0, not inf.
-    """
-    if len(texts) != log_probs.shape[0]:
-        raise ValueError(f"ctc_loss got {len(texts)} texts for a batch of {log_probs.shape[0]}")
-    targets = [torch.tensor(vocab.encode(text), dtype=torch.long) for text in texts]
-    target_lengths = torch.tensor([len(target) for target in targets], dtype=torch.long)
-    flat_targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
-    return F.ctc_loss(log_probs.transpose(0, 1).float(), flat_targets.to(log_probs.device),
-                      lengths.to(log_probs.device, torch.long), target_lengths.to(log_probs.device),
-                      blank=vocab.blank_id, reduction="mean", zero_infinity=True)

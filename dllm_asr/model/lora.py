@@ -52,8 +52,3 @@ def apply_lora(model: nn.Module, settings: LoraAdapterConfig, num_layers: int) -
     if adapted != expected:
         raise ValueError(f"lora: adapted {adapted} modules, expected {expected}")
     return adapted
-
-
-def lora_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the LoRA weights in `model` (the adapter-only delta)."""
-    return [name for name, _ in model.named_parameters() if "lora_" in name]

@@ -86,6 +86,16 @@ class SpeechModel(nn.Module):
 
         return transcribe_audio(self, audio, **options)
 
+    def frozen_parameter_names(self) -> set[str]:
+        """Parameters no training stage may change, whatever parts it names (none by default)."""
+        return set()
+
+    @staticmethod
+    def parameter_part(name: str) -> str:
+        """The part a parameter belongs to, as training stages name them: lora, adapter, ctc_head,
+        encoder or decoder."""
+        return "lora" if "lora_" in name else name.split(".")[0]
+
     def ctc_transcripts(self, audio: AudioContext) -> list[str] | None:
         """The CTC head's greedy transcripts of an encoded batch (dLLM-ASR's ASR prior), one per
         row; None for a model without a CTC head."""
@@ -127,6 +137,13 @@ class SpeechLLM(SpeechModel):
         adapter_dtype = next(self.adapter.parameters()).dtype
         embeds, lengths = self.adapter(hidden.to(adapter_dtype), hidden_lengths)
         return AudioContext(embeds, lengths, ctc, hidden_lengths)
+
+    def delta_parameter_names(self) -> list[str]:
+        """What a checkpoint stores: the adapter, the CTC head, the LoRA weights, and the encoder
+        or decoder when the config unfreezes it; never the frozen base weights."""
+        unfrozen = tuple(f"{part}." for part in ("encoder", "decoder") if not getattr(self.config, part).frozen)
+        return [name for name, _ in self.named_parameters()
+                if name.startswith(("adapter.", "ctc_head.") + unfrozen) or "lora_" in name]
 
     @property
     def supports_ar(self) -> bool:
@@ -261,35 +278,6 @@ def prompt_token_ids(tokenizer, prompt: str) -> Tensor:
     else:
         ids = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
     return torch.tensor(list(ids), dtype=torch.long)
-
-
-def encode_transcripts(tokenizer, texts: Sequence[str], eos_id: int, length: int | None = None,
-                       multiple: int = 8) -> tuple[Tensor, Tensor]:
-    """Transcripts -> response ids padded with EOS, as LLaDA's SFT does.
-
-    Every row gets at least one EOS. Without `length`, rows are padded to the longest
-    transcript + 1, rounded up to `multiple` (so the EOS padding the model learns varies).
-    Returns ids (B, L) and text_lengths (B,) (tokens before the first EOS).
-    """
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    longest = max((len(ids) for ids in encoded), default=0) + 1
-    if length is None:
-        length = -(-longest // multiple) * multiple
-    ids = torch.full((len(encoded), length), eos_id, dtype=torch.long)
-    for row, tokens in enumerate(encoded):
-        tokens = tokens[: length - 1]
-        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    text_lengths = torch.tensor([min(len(t), length - 1) for t in encoded], dtype=torch.long)
-    return ids, text_lengths
-
-
-def transcript_and_eos(ids: Tensor, text_lengths: Tensor) -> Tensor:
-    """(B, L) bool, True at each row's transcript tokens and its first EOS: what the AR loss scores.
-
-    ids (B, L) and text_lengths (B,) as `encode_transcripts` returns them.
-    """
-    positions = torch.arange(ids.shape[1], device=ids.device)[None]
-    return positions <= text_lengths.to(ids.device)[:, None]
 
 
 class SpeechLLMCacheBackend:

@@ -1,4 +1,6 @@
-"""The masked-diffusion training objective and the autoregressive baseline's loss.
+"""Training objectives: response targets, the masked-diffusion loss, the autoregressive baseline's
+loss and the CTC loss, with `response_loss` choosing by the model's objective (the trainer and
+`evaluation.evaluate.audio_gain` both use it).
 
 Forward process (docs/algorithms.md sec. 2, LLaDA): for a clean response r0 (transcript tokens padded
 with EOS), draw t ~ U(0, 1], mask each response token independently with probability
@@ -11,10 +13,13 @@ tokens; the loss is the cross-entropy on masked positions only (Whisper-LLaDA eq
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from dllm_asr.model.encoders import ENGLISH_CHARS, CharVocabulary
 
 
 @dataclass(frozen=True)
@@ -97,3 +102,66 @@ def next_token_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
     if not bool(valid.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits[valid].float(), targets[valid])
+
+
+def encode_transcripts(tokenizer, texts: Sequence[str], eos_id: int, length: int | None = None,
+                       multiple: int = 8) -> tuple[Tensor, Tensor]:
+    """Transcripts -> response ids padded with EOS, as LLaDA's SFT does.
+
+    Every row gets at least one EOS. Without `length`, rows are padded to the longest
+    transcript + 1, rounded up to `multiple` (so the EOS padding the model learns varies).
+    Returns ids (B, L) and text_lengths (B,) (tokens before the first EOS).
+    """
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    longest = max((len(ids) for ids in encoded), default=0) + 1
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    ids = torch.full((len(encoded), length), eos_id, dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        tokens = tokens[: length - 1]
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    text_lengths = torch.tensor([min(len(t), length - 1) for t in encoded], dtype=torch.long)
+    return ids, text_lengths
+
+
+def transcript_and_eos(ids: Tensor, text_lengths: Tensor) -> Tensor:
+    """(B, L) bool, True at each row's transcript tokens and its first EOS: what the AR loss scores.
+
+    ids (B, L) and text_lengths (B,) as `encode_transcripts` returns them.
+    """
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
+    return positions <= text_lengths.to(ids.device)[:, None]
+
+
+def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str],
+             vocab: CharVocabulary = ENGLISH_CHARS) -> torch.Tensor:
+    """Mean CTC loss (per-target-length normalised, as torch's ``reduction='mean'``).
+
+    Args:
+        log_probs: (B, T, V) from ``CTCHead``. lengths: (B,) valid frames. texts: B transcripts.
+    Returns:
+        scalar loss; impossible alignments (transcript longer than the audio) give 0, not inf.
+    """
+    if len(texts) != log_probs.shape[0]:
+        raise ValueError(f"ctc_loss got {len(texts)} texts for a batch of {log_probs.shape[0]}")
+    targets = [torch.tensor(vocab.encode(text), dtype=torch.long) for text in texts]
+    target_lengths = torch.tensor([len(target) for target in targets], dtype=torch.long)
+    flat_targets = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
+    return F.ctc_loss(log_probs.transpose(0, 1).float(), flat_targets.to(log_probs.device),
+                      lengths.to(log_probs.device, torch.long), target_lengths.to(log_probs.device),
+                      blank=vocab.blank_id, reduction="mean", zero_infinity=True)
+
+
+def response_loss(model, audio, texts: list[str], weighting: str = "llada", mask_eps: float = 1e-3,
+                  full_mask_fraction: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """The decoder's loss on `texts` (B transcripts) read with `audio` (an AudioContext of B rows):
+    next-token loss for a model trained with the AR objective, else the masked-diffusion loss of
+    one forward-mask draw from `generator` (`forward_mask`, `masked_diffusion_loss`)."""
+    ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
+    ids = ids.to(model.device)
+    if model.config.objective == "ar":
+        valid = transcript_and_eos(ids, text_lengths)
+        return next_token_loss(model.response_logits(audio, ids, causal=True), ids, valid)
+    valid = torch.ones_like(ids, dtype=torch.bool)  # EOS padding is part of the answer (LLaDA)
+    noisy = forward_mask(ids, valid, model.mask_id, mask_eps, full_mask_fraction, generator)
+    return masked_diffusion_loss(model.response_logits(audio, noisy.noisy), ids, noisy, valid, weighting)

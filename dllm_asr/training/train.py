@@ -28,14 +28,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dllm_asr.model.checkpoint import (delta_parameter_names, load_deltas, load_train_state,
-                                       recover_interrupted_swap, save_model)
-from dllm_asr.model.encoders import ctc_loss
+from dllm_asr.model.checkpoint import load_deltas, load_train_state, recover_interrupted_swap, save_model
 from dllm_asr.model.loading import build_model
-from dllm_asr.model.speech_llm import SpeechLLM, encode_transcripts, transcript_and_eos
+from dllm_asr.model.speech_llm import SpeechLLM
 from dllm_asr.training.batches import MicroBatchLoader
 from dllm_asr.training.distributed import DistContext, init_distributed
-from dllm_asr.training.objectives import forward_mask, masked_diffusion_loss, next_token_loss
+from dllm_asr.training.objectives import ctc_loss, response_loss
 from dllm_asr.training.recipe import TrainConfig
 from dllm_asr.training.schedule import StagePlan, learning_rate
 
@@ -45,9 +43,9 @@ log = logging.getLogger("dllm_asr.training.train")
 def set_trainable(model: SpeechLLM, parts: tuple[str, ...]) -> list[nn.Parameter]:
     """Freeze everything but `parts` (adapter, ctc_head, lora, encoder, decoder); returns the trained parameters."""
     trained, found = [], set()
-    always_frozen = model.frozen_parameter_names() if hasattr(model, "frozen_parameter_names") else set()
+    always_frozen = model.frozen_parameter_names()
     for name, param in model.named_parameters():
-        part = "lora" if "lora_" in name else name.split(".")[0]
+        part = model.parameter_part(name)
         param.requires_grad_(part in parts and name not in always_frozen)
         if param.requires_grad:
             trained.append(param)
@@ -62,18 +60,8 @@ def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig, generator
                      encoder_cache: "EncoderCache | None" = None) -> tuple[Tensor, dict[str, float]]:
     """The loss of one micro-batch: masked diffusion (or next-token) plus the weighted CTC loss."""
     audio = core.audio_context(*encoder_cache.encode(core, audios)) if encoder_cache else core.encode(*core.features(audios))
-    ids, text_lengths = encode_transcripts(core.tokenizer, texts, core.eos_id)
-    ids = ids.to(core.device)
     stats: dict[str, float] = {}
-    if core.config.objective == "ar":
-        valid = transcript_and_eos(ids, text_lengths)
-        logits = core.response_logits(audio, ids, causal=True)
-        loss = next_token_loss(logits, ids, valid)
-    else:
-        valid = torch.ones_like(ids, dtype=torch.bool)  # EOS padding is part of the answer (LLaDA)
-        noisy = forward_mask(ids, valid, core.mask_id, cfg.mask_eps, cfg.full_mask_fraction, generator)
-        logits = core.response_logits(audio, noisy.noisy)
-        loss = masked_diffusion_loss(logits, ids, noisy, valid, cfg.loss_weighting)
+    loss = response_loss(core, audio, texts, cfg.loss_weighting, cfg.mask_eps, cfg.full_mask_fraction, generator)
     stats["lm_loss"] = loss.item()
     if core.ctc_head is not None and cfg.ctc_weight > 0 and audio.ctc_log_probs is not None:
         ctc = ctc_loss(audio.ctc_log_probs, audio.encoder_lengths, texts)
@@ -150,7 +138,7 @@ class Trainer:
         if cfg.init_from:
             load_deltas(self.model, cfg.init_from)
         self.plan = StagePlan(cfg.stages)
-        names = delta_parameter_names(self.model)
+        names = self.model.delta_parameter_names()
         params = dict(self.model.named_parameters())
         self.optimizer = torch.optim.AdamW([params[n] for n in names], lr=cfg.schedule.lr,
                                            weight_decay=cfg.weight_decay)

@@ -92,3 +92,27 @@ def test_next_token_loss_scores_only_valid():
     valid = torch.tensor([[True, False]])
     expected = -math.log(math.exp(3) / (math.exp(3) + 1))
     assert next_token_loss(logits, targets, valid).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "ar"])
+def test_response_loss_is_the_objective_of_the_model(objective, real_clips):
+    """response_loss picks the model's objective and equals the loss assembled by hand from its parts."""
+    from dllm_asr.model.loading import build_model
+    from dllm_asr.training.objectives import encode_transcripts, response_loss, transcript_and_eos
+    from tests.helpers import tiny_model_config
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(objective=objective)).eval()
+    texts = ["the quick brown fox", "hello"]
+    audio = model.encode_audio(real_clips[:2])
+    ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
+    with torch.no_grad():
+        got = response_loss(model, audio, texts, "llada", 1e-3, 0.0, torch.Generator().manual_seed(3))
+        if objective == "ar":
+            expected = next_token_loss(model.response_logits(audio, ids, causal=True), ids,
+                                       transcript_and_eos(ids, text_lengths))
+        else:
+            valid = torch.ones_like(ids, dtype=torch.bool)
+            noisy = forward_mask(ids, valid, model.mask_id, generator=torch.Generator().manual_seed(3))
+            expected = masked_diffusion_loss(model.response_logits(audio, noisy.noisy), ids, noisy, valid, "llada")
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6) and got.item() > 0
