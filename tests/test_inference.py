@@ -251,3 +251,18 @@ def test_a_clip_too_short_for_the_encoder_gets_an_empty_transcript_and_spares_th
     out = transcribe_batch(tiny_model, [tiny, real_clips[0]], options)
     assert out[0].text == "" and out[0].tokens == [] and out[0].nfe == 0
     assert out[1].tokens == transcribe_batch(tiny_model, [real_clips[0]], options)[0].tokens
+
+
+def test_the_strategy_table_holds_every_strategy_and_sets_its_own_decode_options(tiny_model):
+    from dllm_asr.transcription.options import STRATEGIES
+    from dllm_asr.transcription.strategies import STRATEGY_TABLE, decode_options
+
+    assert list(STRATEGY_TABLE) == list(STRATEGIES)
+    options = TranscribeOptions(steps=4, num_blocks=8, threshold=0.7, margin=3, exit_threshold=0.95, prune=False)
+    got = {name: decode_options(tiny_model, TranscribeOptions(**{**options.__dict__, "strategy": name}))
+           for name in ("diffusion", "semi-ar", "threshold", "prior")}
+    assert (got["diffusion"].num_blocks, got["diffusion"].threshold, got["diffusion"].prior_guided) == (None, None, False)
+    assert got["semi-ar"].num_blocks == 4  # never more blocks than steps
+    assert got["threshold"].threshold == 0.7 and got["threshold"].num_blocks is None
+    assert got["prior"].prior_guided and (got["prior"].margin, got["prior"].exit_threshold) == (3, 0.95)
+    assert got["prior"].prune is False and all(o.steps == 4 for o in got.values())

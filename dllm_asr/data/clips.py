@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 import torch
 
-from dllm_asr.data.manifests import DataError, LoadFn, Utterance, _check_policy, _handle
+from dllm_asr.data.manifests import DataError, LoadFn, Utterance, check_policy, handle_bad_item
 
 
 def default_load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
@@ -61,13 +61,13 @@ def utterance_duration(utt: Utterance, sample_rate: int = 16000, load_fn: LoadFn
 def utterance_durations(utterances: Sequence[Utterance], sample_rate: int = 16000,
                         on_error: str = "skip", load_fn: LoadFn | None = None) -> list[float | None]:
     """Durations for a sampler; an unreadable item is None under "skip" (the sampler leaves it out)."""
-    _check_policy(on_error)
+    check_policy(on_error)
     durations: list[float | None] = []
     for utt in utterances:
         try:
             durations.append(utterance_duration(utt, sample_rate, load_fn))
         except DataError as error:
-            _handle(error, on_error)
+            handle_bad_item(error, on_error)
             durations.append(None)
     return durations
 
@@ -86,7 +86,7 @@ class AudioDataset(torch.utils.data.Dataset):
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  validate_text: Callable[[str], Any] | None = None, seed: int = 0,
                  load_fn: LoadFn | None = None) -> None:
-        _check_policy(on_error)
+        check_policy(on_error)
         self.utterances = list(utterances)
         self.sample_rate = sample_rate
         self.on_error = on_error
@@ -122,7 +122,7 @@ class AudioDataset(torch.utils.data.Dataset):
             self.check_text(utt)
             wave = load_clip(utt, self.sample_rate, self.load_fn)
         except DataError as error:
-            _handle(error, self.on_error)
+            handle_bad_item(error, self.on_error)
             return None
         if self.augment is not None:
             wave = self.augment(wave, np.random.default_rng([self.seed, self.epoch, index]))

@@ -56,12 +56,12 @@ class Utterance:
     origin: str = ""
 
 
-def _check_policy(on_error: str) -> None:
+def check_policy(on_error: str) -> None:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
 
 
-def _handle(error: DataError, on_error: str) -> None:
+def handle_bad_item(error: DataError, on_error: str) -> None:
     """Raise under "stop"; under "skip" log the one-line message and carry on."""
     if on_error == "stop":
         raise error
@@ -74,7 +74,7 @@ def _handle(error: DataError, on_error: str) -> None:
 def read_jsonl_manifest(path: str | Path, on_error: str = "stop") -> list[Utterance]:
     """Read a JSONL manifest (see module docstring). A line without an `id` gets the audio
     file's stem (plus `-L<line>` if that stem is already taken)."""
-    _check_policy(on_error)
+    check_policy(on_error)
     path = Path(path)
     utterances: list[Utterance] = []
     seen: set[str] = set()
@@ -91,7 +91,7 @@ def read_jsonl_manifest(path: str | Path, on_error: str = "stop") -> list[Uttera
             seen.add(utt.id)
             utterances.append(utt)
         except DataError as error:
-            _handle(error, on_error)
+            handle_bad_item(error, on_error)
     return utterances
 
 
@@ -156,7 +156,7 @@ def _optional_string(record: dict, key: str, where: str) -> str | None:
 def read_librispeech(root: str | Path, on_error: str = "stop") -> list[Utterance]:
     """Read the LibriSpeech layout under `root`: every `*.trans.txt` lists `utt-id TRANSCRIPT`
     lines, and the audio `utt-id.flac` (or `.wav`) sits beside it. Speaker = the id's first part."""
-    _check_policy(on_error)
+    check_policy(on_error)
     root = Path(root)
     transcript_files = sorted(root.rglob("*.trans.txt"))
     if not transcript_files:
@@ -194,7 +194,7 @@ def _read_kaldi_table(path: Path, on_error: str, allow_empty: bool = False) -> d
                 raise DataError(f"{where}: repeated id {key!r}")
             table[key] = (value.strip(), where)
         except DataError as error:
-            _handle(error, on_error)
+            handle_bad_item(error, on_error)
     return table
 
 
@@ -208,7 +208,7 @@ def _kaldi_recordings(data_dir: Path, on_error: str) -> dict[str, tuple[str, str
             audio = Path(value).expanduser()
             recordings[rec_id] = (str(audio if audio.is_absolute() else data_dir / audio), where)
         except DataError as error:
-            _handle(error, on_error)
+            handle_bad_item(error, on_error)
     return recordings
 
 
@@ -229,7 +229,7 @@ def _kaldi_segment(value: str, where: str) -> tuple[str, float, float | None]:
 def read_kaldi_dir(data_dir: str | Path, on_error: str = "stop") -> list[Utterance]:
     """Read a Kaldi data directory (`wav.scp`, `text`, optional `segments`, `utt2spk`,
     `utt2dur`). Relative paths in wav.scp are resolved against the data directory."""
-    _check_policy(on_error)
+    check_policy(on_error)
     data_dir = Path(data_dir)
     recordings = _kaldi_recordings(data_dir, on_error)
     texts = _read_kaldi_table(data_dir / "text", on_error, allow_empty=True)
@@ -240,7 +240,7 @@ def read_kaldi_dir(data_dir: str | Path, on_error: str = "stop") -> list[Utteran
         try:
             utterances.append(_kaldi_utterance(utt_id, text, where, recordings, optional))
         except DataError as error:
-            _handle(error, on_error)
+            handle_bad_item(error, on_error)
     return utterances
 
 

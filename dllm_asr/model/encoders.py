@@ -183,7 +183,7 @@ def resolve_short_name(name: str) -> Path:
     raise EncoderLoadError(f"unknown Whisper model name {name!r} (known: {', '.join(SHORT_NAMES)})")
 
 
-def _hf_weight_files(model_dir: Path) -> list[Path]:
+def hf_weight_files(model_dir: Path) -> list[Path]:
     """The safetensors (single or sharded) or pytorch_model.bin files of a transformers dir."""
     if (model_dir / "model.safetensors").is_file():
         return [model_dir / "model.safetensors"]
@@ -210,7 +210,7 @@ def _read_hf_encoder_state(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     state: dict[str, torch.Tensor] = {}
-    for path in _hf_weight_files(model_dir):
+    for path in hf_weight_files(model_dir):
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as tensors:
                 for key in tensors.keys():

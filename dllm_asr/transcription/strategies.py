@@ -10,8 +10,8 @@ a transcript that fills its block is decoded again in a longer one (`regrow`).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,16 +37,10 @@ def block_lengths(model: SpeechLLM, audios: Sequence[np.ndarray], options: Trans
 
 
 def decode_options(model: SpeechLLM, options: TranscribeOptions, **changes) -> DecodeOptions:
-    """The DecodeOptions of a strategy (diffusion, semi-ar, threshold or prior)."""
+    """The DecodeOptions of `options.strategy`: the shared settings, the strategy's own, then `changes`."""
     base = dict(mask_id=model.mask_id, eos_id=model.eos_id, steps=options.steps, temperature=options.temperature,
                 remasking=options.remasking, seed=options.seed, trace=options.trace, numerics=options.numerics)
-    if options.strategy == "semi-ar":
-        base["num_blocks"] = min(options.num_blocks, options.steps)
-    elif options.strategy == "threshold":
-        base["threshold"] = options.threshold
-    elif options.strategy == "prior":
-        base.update(prior_guided=True, margin=options.margin, exit_threshold=options.exit_threshold,
-                    prune=options.prune)
+    base.update(STRATEGY_TABLE[options.strategy].settings(options))
     base.update(changes)
     return DecodeOptions(**base)
 
@@ -150,23 +144,58 @@ def transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options: 
 
 def decode_speech(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext, options: TranscribeOptions,
                   priors: Sequence[str] | None = None) -> list[Transcript]:
-    """Decode clips already encoded in `audio` with `options.strategy`."""
-    if options.strategy == "ar":
-        max_new = int(block_lengths(model, audios, options).max())
-        rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt)
-        confidences = rows.confidences or [None] * len(rows)
-        return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
-                           truncated=len(r) >= max_new, confidences=c) for r, c in zip(rows, confidences)]
+    """Decode clips already encoded in `audio` with `options.strategy` (`STRATEGY_TABLE`)."""
+    return STRATEGY_TABLE[options.strategy].run(model, audios, audio, options, priors)
+
+
+def _left_to_right(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext,
+                   options: TranscribeOptions, priors: Sequence[str] | None) -> list[Transcript]:
+    """`ar`: the model's causal decoder, greedy or beam search."""
+    max_new = int(block_lengths(model, audios, options).max())
+    rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt)
+    confidences = rows.confidences or [None] * len(rows)
+    return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
+                       truncated=len(r) >= max_new, confidences=c) for r, c in zip(rows, confidences)]
+
+
+def _from_prior(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext,
+                options: TranscribeOptions, priors: Sequence[str] | None) -> list[Transcript]:
+    """`prior`: the given prior texts (or the model's own) refined by prior-guided decoding."""
+    texts = list(priors) if priors is not None else model_priors(model, audios, audio, options)
+    cap = max(1, model.config.max_response_tokens - options.margin)
+    prior, lengths = tokenize_texts(model, texts, max_tokens=cap)
     predictor = model.mask_predictor(audio, cache=options.cache)
-    if options.strategy == "prior":
-        texts = list(priors) if priors is not None else model_priors(model, audios, audio, options)
-        cap = max(1, model.config.max_response_tokens - options.margin)
-        prior, lengths = tokenize_texts(model, texts, max_tokens=cap)
-        return _texts(model, decode(predictor, prior, decode_options(model, options), lengths), options.trace)
+    return _texts(model, decode(predictor, prior, decode_options(model, options), lengths), options.trace)
+
+
+def _from_masks(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext,
+                options: TranscribeOptions, priors: Sequence[str] | None) -> list[Transcript]:
+    """`diffusion`, `semi-ar`, `threshold`: a fully masked block sized by the clip's duration."""
     lengths = block_lengths(model, audios, options).to(model.device)
     init = torch.full((len(audios), int(lengths.max())), model.mask_id, dtype=torch.long, device=model.device)
+    predictor = model.mask_predictor(audio, cache=options.cache)
     transcripts = _texts(model, decode(predictor, init, decode_options(model, options), lengths), options.trace)
     return regrow(model, audios, audio, options, transcripts, lengths)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A decoding strategy: the DecodeOptions fields it sets from TranscribeOptions, and how it
+    decodes a batch of encoded clips: run(model, audios, audio, options, priors) -> transcripts."""
+
+    settings: Callable[[TranscribeOptions], dict]
+    run: Callable[..., list[Transcript]]
+
+
+STRATEGY_TABLE: dict[str, Strategy] = {
+    "diffusion": Strategy(lambda o: {}, _from_masks),
+    "semi-ar": Strategy(lambda o: {"num_blocks": min(o.num_blocks, o.steps)}, _from_masks),
+    "threshold": Strategy(lambda o: {"threshold": o.threshold}, _from_masks),
+    "prior": Strategy(lambda o: {"prior_guided": True, "margin": o.margin, "exit_threshold": o.exit_threshold,
+                                 "prune": o.prune}, _from_prior),
+    "ar": Strategy(lambda o: {}, _left_to_right),
+}
+"""Every `--strategy`, by name (the names are `transcription.options.STRATEGIES`)."""
 
 
 def regrow(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext, options: TranscribeOptions,

@@ -315,12 +315,12 @@ def load_whisper_text_decoder(model_dir: str | os.PathLike, dtype: torch.dtype =
     if (path / "model.bin").is_file():
         config, state = load_ct2_whisper(path)
     elif (path / "config.json").is_file():
-        from dllm_asr.model.encoders import _hf_weight_files
+        from dllm_asr.model.encoders import hf_weight_files
         from safetensors.torch import load_file
 
         config = WhisperConfig.from_pretrained(path)
         state = {}
-        for file in _hf_weight_files(path):
+        for file in hf_weight_files(path):
             state.update(load_file(str(file)) if file.suffix == ".safetensors" else {})
     else:
         raise DecoderLoadError(f"{path} is not a Whisper model directory (model.bin or config.json)")
