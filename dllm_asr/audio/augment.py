@@ -111,7 +111,7 @@ class Augmenter:
         if not config.speed_factors or min(config.speed_factors) <= 0:
             raise ValueError(f"AugmentConfig.speed_factors must be positive, got {config.speed_factors}")
         self.config = config
-        self.load_fn = load_fn or (lambda path, rate: load_audio(path, sample_rate=rate))
+        self.load_fn = load_fn or load_audio
         self._cache: dict[str, np.ndarray] = {}
 
     def _signal(self, path: str) -> np.ndarray:

@@ -11,14 +11,9 @@ import numpy as np
 import soundfile
 import torch
 
+from dllm_asr.audio.features import SAMPLE_RATE
+from dllm_asr.audio.io import MIN_SAMPLES, load_audio
 from dllm_asr.data.manifests import DataError, LoadFn, Utterance, check_policy, handle_bad_item
-
-
-def default_load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
-    """`dllm_asr.audio.io.load_audio`: any file -> mono float32 (samples,) at `sample_rate`."""
-    from dllm_asr.audio.io import load_audio  # imported late: audio pulls in heavier dependencies
-
-    return load_audio(path, sample_rate=sample_rate)
 
 
 def load_clip(utt: Utterance, sample_rate: int = 16000, load_fn: LoadFn | None = None) -> np.ndarray:
@@ -27,7 +22,7 @@ def load_clip(utt: Utterance, sample_rate: int = 16000, load_fn: LoadFn | None =
     if not Path(utt.audio).is_file():
         raise DataError(f"{label}: audio file not found")
     try:
-        wave = (load_fn or default_load_audio)(utt.audio, sample_rate)
+        wave = (load_fn or load_audio)(utt.audio, sample_rate)
     except (ValueError, OSError, RuntimeError, EOFError) as error:  # AudioError is a ValueError
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if utt.origin and utt.audio in reason:  # the loader's message already names the file
@@ -39,9 +34,6 @@ def load_clip(utt: Utterance, sample_rate: int = 16000, load_fn: LoadFn | None =
     if clip.size == 0:
         raise DataError(f"{label}: empty audio (0 samples from offset {utt.offset}s; file has "
                         f"{len(wave) / sample_rate:.3f}s)")
-    from dllm_asr.audio.io import MIN_SAMPLES
-    from dllm_asr.audio.features import SAMPLE_RATE
-
     if clip.size * SAMPLE_RATE < MIN_SAMPLES * sample_rate:  # the encoder would fail, and its batch with it
         raise DataError(f"{label}: audio too short to transcribe ({1000 * clip.size / sample_rate:g} ms; "
                         f"the least is {1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms)")

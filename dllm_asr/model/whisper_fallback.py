@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 
-
-
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 """Whisper's temperature fallback (Radford et al., 2022, sec. 4.5): a greedy transcript that
 compresses too well (gzip ratio > 2.4: a loop) or is too unlikely (mean token log-probability

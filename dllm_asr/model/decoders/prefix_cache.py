@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass
 class PrefixCache:
     """Keys and values of every layer for a left-padded prefix, computed once per decode call.
