@@ -197,8 +197,8 @@ def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reverb-fraction", type=float, default=0.0, help="share of clips given room reverberation")
     parser.add_argument("--noise-fraction", type=float, default=0.0, help="share of clips given noise")
     parser.add_argument("--sources", nargs="*", default=None,
-                        help="Debian text corpora to read: fortunes bible wordnet gcide (the default); "
-                             "none: only --text-files")
+                        help="Debian text corpora to read: fortunes bible wordnet gcide (the default), "
+                             "words (one- and two-word utterances, only when named); none: only --text-files")
     parser.add_argument("--text-files", nargs="*", default=[], help="extra plain-text prose files")
     parser.add_argument("--unseen-voices", nargs="+", default=None, help="'engine:voice' names")
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus this command built before")

@@ -24,6 +24,31 @@ def test_sentences_from_passages_dedupes_case_insensitively() -> None:
     assert got == ["The cat sat down."]  # "Dogs sat." has two words: too short
 
 
+def test_words_source_reads_common_one_and_two_word_lemmas(tmp_path: Path) -> None:
+    index = ("  1 This software and database is being provided to you, the LICENSEE\n"
+             "chair n 4 3 @ ~ + 4 4 03001627 10468962 08512570 08210982 \n"     # tagged 4 times: kept
+             "go_away v 1 2 @ ~ 1 1 02009433 \n"                               # two words, tagged once: kept
+             "zymurgy n 1 1 @ 1 0 06067426 \n"                                 # never tagged: dropped
+             "ab n 2 2 @ #p 2 1 05572603 05580929 \n"                          # an abbreviation: dropped
+             "2d n 1 1 @ 1 1 13749527 \n"                                      # a digit: dropped
+             "get_it_on v 1 1 @ 1 1 01428853 \n")                              # three words: dropped
+    for part in ("noun", "verb", "adj", "adv"):
+        (tmp_path / f"index.{part}").write_text(index if part == "noun" else "")
+    lemmas = list(corpus_text._read_words(tmp_path))
+    assert lemmas == ["Chair.", "Go away."]
+    assert corpus_text.sentences_from_passages(lemmas, min_words=1, max_words=2) == lemmas
+    assert corpus_text.sentences_from_passages(lemmas) == []  # the prose sources' 3-word minimum
+    assert "words" not in corpus_text.TEXT_SOURCES  # only when named
+
+
+@pytest.mark.skipif(not (corpus_text.WORDNET_DIR / "index.noun").is_file(), reason="wordnet-base not installed")
+def test_words_source_from_the_installed_wordnet_is_short_and_large() -> None:
+    words = corpus_text.load_sentences(["words"])["words"]
+    assert len(words) > 15000
+    assert all(1 <= len(w.split()) <= 2 for w in words)
+    assert "Chair." in words
+
+
 # --------------------------------------------------------------------------- planning
 
 

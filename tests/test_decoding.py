@@ -17,7 +17,7 @@ from dllm_asr.decoding import (
     decode,
     num_transfer_tokens,
 )
-from dllm_asr.decoding.confidence import make_generator, probability_of
+from dllm_asr.decoding.confidence import chunked_logsumexp, make_generator, probability_of
 from tests.mock_predictors import HashPredictor, TablePredictor
 
 V, MASK, EOS = 12, 11, 10
@@ -208,6 +208,15 @@ def test_model_precision_probability_is_the_softmax_in_the_logits_dtype():
     exact = torch.softmax(logits.double(), dim=-1)[0, 0, 0]
     assert float(probability_of(logits, tokens)[0, 0]) == pytest.approx(float(exact), rel=1e-6)
     assert float(reference) != pytest.approx(float(exact), rel=1e-6)  # bf16 rounding shows
+
+
+@pytest.mark.parametrize("shape", [(3, 70, 50), (1, 1, 9), (2, 0, 5)])
+def test_chunked_logsumexp_equals_logsumexp_whatever_the_chunks(shape):
+    logits = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 5
+    expected = torch.logsumexp(logits, dim=-1)
+    for rows in (1, 7, 64, 1000):
+        got = chunked_logsumexp(logits, rows_per_chunk=rows)
+        assert got.shape == expected.shape and torch.equal(got, expected)
 
 
 # ---------------------------------------------------------------- hand-worked cases

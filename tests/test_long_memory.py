@@ -3,11 +3,15 @@
 A synthetic recording of repeated 2-s pieces (a tone, then a pause the cutter cuts in) streams
 through `transcribe_stream` with the tiny random model. No timing or RSS threshold: the tests
 count the audio arrays still alive, compare Python-heap peaks of a short and a three-times
-longer stream, and check that freed C-heap memory is handed back once per batch.
+longer stream, and check that freed C-heap memory is handed back once per batch and that large
+blocks are kept out of glibc's heap.
 """
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import tracemalloc
 import weakref
 from typing import Iterator
@@ -109,3 +113,24 @@ def test_freed_memory_is_given_back_once_per_batch(tiny_model, options, monkeypa
 def test_release_freed_memory_is_safe_to_call_anywhere():
     assert release_freed_memory() in (True, False)
     assert release_freed_memory() == (long_form._malloc_trim() is not None)
+
+
+def test_decoding_keeps_large_blocks_out_of_the_heap(tiny_model, options, monkeypatch):
+    calls = []
+    monkeypatch.setattr(long_form, "bound_heap_growth", lambda: calls.append(1))
+    transcribe_stream(tiny_model, blocks(6), options, batch_size=BATCH)
+    assert calls == [1]  # once per stream, before its first batch
+
+
+def bound_heap_growth_in_a_fresh_process(**env: str) -> str:
+    code = "from dllm_asr.transcription.long_form import bound_heap_growth as b; print(b(), b())"
+    environment = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    return subprocess.run([sys.executable, "-c", code], env={**environment, **env}, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(long_form._malloc_trim() is None, reason="glibc only")
+def test_the_mmap_threshold_is_set_by_glibc_unless_the_user_set_one():
+    assert bound_heap_growth_in_a_fresh_process() == "True True"  # glibc's mallopt accepted it; once
+    assert bound_heap_growth_in_a_fresh_process(MALLOC_MMAP_THRESHOLD_="65536") == "False False"
+    assert bound_heap_growth_in_a_fresh_process(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536") == "False False"

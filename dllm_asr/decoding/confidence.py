@@ -87,7 +87,17 @@ def probability_of(logits: Tensor, tokens: Tensor, model_precision: bool = False
     if model_precision:
         return torch.softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(torch.float64)
-    return torch.exp(chosen - torch.logsumexp(logits.float(), dim=-1).to(torch.float64))
+    return torch.exp(chosen - chunked_logsumexp(logits).to(torch.float64))
+
+
+def chunked_logsumexp(logits: Tensor, rows_per_chunk: int = 64) -> Tensor:
+    """logsumexp over the last axis of logits (..., V) in float32, `rows_per_chunk` positions at a
+    time. Why: `torch.logsumexp` holds a temporary as large as its input, and a batch of long
+    windows has (B * L, 51,864) logits: one 110-MB copy per step was most of a long recording's
+    peak memory (docs/default-model.md, "Memory")."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    parts = [torch.logsumexp(chunk.float(), dim=-1) for chunk in flat.split(rows_per_chunk)]
+    return (torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)).reshape(logits.shape[:-1])
 
 
 def predict_positions(predictor: MaskPredictor, block: Tensor, rows: Tensor, lengths: Tensor, wanted: Tensor, temperature: float,

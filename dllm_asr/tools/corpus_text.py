@@ -1,5 +1,6 @@
 """Text for the synthetic corpus: English prose from Debian packages (fortunes, the King James
-Bible, WordNet glosses, GCIDE) cut into sentences a speech synthesiser reads as written.
+Bible, WordNet glosses, GCIDE) cut into sentences a speech synthesiser reads as written, and, on
+request, short utterances of one or two words (`words`: WordNet's common lemmas).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from dllm_asr.tools.textnorm import normalize_sentence, split_sentences
 
 
 TEXT_SOURCES = ("fortunes", "bible", "wordnet", "gcide")
+"""The default sources: prose, cut into sentences of 3 to 25 words."""
+OPTIONAL_SOURCES = ("words",)
+"""Sources used only when named: `words`, one- and two-word utterances (a word, a name, a command:
+what the prose sentences never hold, and what a decoder trained on them mis-sizes)."""
+_WORDS_PER_SOURCE = {"words": (1, 2)}
 
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -61,6 +67,21 @@ def _read_wordnet(directory: Path = WORDNET_DIR) -> Iterator[str]:
                     yield example[:1].upper() + example[1:]
 
 
+def _read_words(directory: Path = WORDNET_DIR, min_tagged_senses: int = 1) -> Iterator[str]:
+    """Yield WordNet lemmas of one or two plain words ("Chair.", "Go away.") that occur in its
+    sense-tagged corpus at least `min_tagged_senses` times (about 20,000 common ones of ~150,000)."""
+    for part in ("noun", "verb", "adj", "adv"):
+        with open(directory / f"index.{part}", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                if line.startswith(" ") or len(fields) < 6 or not re.fullmatch(r"[a-z]{3,}|[a-z]{2,}_[a-z]{2,}", fields[0]):
+                    continue  # licence header; a letter or abbreviation; digits, hyphens or three words
+                pointers = int(fields[3])
+                if int(fields[5 + pointers]) >= min_tagged_senses:
+                    words = fields[0].replace("_", " ")
+                    yield words[:1].upper() + words[1:] + "."
+
+
 def _read_gcide(path: Path = GCIDE_FILE) -> Iterator[str]:
     """Yield the literary quotations of the 1913 Webster (indented blocks, '--Author' removed)."""
     block: list[str] = []
@@ -81,24 +102,26 @@ def _read_gcide(path: Path = GCIDE_FILE) -> Iterator[str]:
 
 def _source_passages(source: str) -> Iterator[str]:
     readers = {"fortunes": _read_fortunes, "bible": _read_bible, "wordnet": _read_wordnet,
-               "gcide": _read_gcide}
+               "gcide": _read_gcide, "words": _read_words}
     if source not in readers:
-        raise ValueError(f"unknown text source {source!r}; choose from {', '.join(TEXT_SOURCES)}")
+        raise ValueError(f"unknown text source {source!r}; choose from {', '.join(TEXT_SOURCES + OPTIONAL_SOURCES)}")
     return readers[source]()
 
 
 def _source_available(source: str) -> bool:
     return {"fortunes": FORTUNES_DIR.is_dir(), "bible": shutil.which("bible") is not None,
-            "wordnet": (WORDNET_DIR / "data.noun").is_file(), "gcide": GCIDE_FILE.is_file()}[source]
+            "wordnet": (WORDNET_DIR / "data.noun").is_file(), "gcide": GCIDE_FILE.is_file(),
+            "words": (WORDNET_DIR / "index.noun").is_file()}[source]
 
 
-def sentences_from_passages(passages: Iterable[str]) -> list[str]:
-    """Split passages into sentences and keep the TTS-safe ones, deduplicated, in first-seen order."""
+def sentences_from_passages(passages: Iterable[str], min_words: int = 3, max_words: int = 25) -> list[str]:
+    """Split passages into sentences and keep the TTS-safe ones of `min_words`..`max_words` words,
+    deduplicated, in first-seen order."""
     seen: set[str] = set()
     kept: list[str] = []
     for passage in passages:
         for sentence in split_sentences(passage):
-            clean = normalize_sentence(sentence)
+            clean = normalize_sentence(sentence, min_words, max_words)
             if clean is not None and _dedupe_key(clean) not in seen:
                 seen.add(_dedupe_key(clean))
                 kept.append(clean)
@@ -111,13 +134,13 @@ def _dedupe_key(sentence: str) -> str:
 
 
 _SOURCE_PACKAGES = {"fortunes": "fortunes", "bible": "bible-kjv", "wordnet": "wordnet-base",
-                    "gcide": "dict-gcide"}
+                    "gcide": "dict-gcide", "words": "wordnet-base"}
 
 
 def _sentences_of(source: str) -> list[str]:
     """Clean sentences of one named source or one plain-text file (paragraphs = blank-line blocks)."""
     if source in _SOURCE_PACKAGES:
-        return sentences_from_passages(_source_passages(source))
+        return sentences_from_passages(_source_passages(source), *_WORDS_PER_SOURCE.get(source, (3, 25)))
     return sentences_from_passages(Path(source).read_text(errors="replace").split("\n\n"))
 
 
@@ -131,7 +154,8 @@ def load_sentences(sources: Sequence[str] = TEXT_SOURCES, text_files: Sequence[s
     """
     for source in sources:
         if source not in _SOURCE_PACKAGES:
-            raise ValueError(f"unknown text source {source!r}; choose from {', '.join(TEXT_SOURCES)}")
+            raise ValueError(f"unknown text source {source!r}; choose from "
+                             f"{', '.join(TEXT_SOURCES + OPTIONAL_SOURCES)}")
         if not _source_available(source):
             raise ValueError(f"text source {source!r} needs `apt-get install {_SOURCE_PACKAGES[source]}`")
     for text_file in text_files:

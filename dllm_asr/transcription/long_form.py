@@ -127,6 +127,7 @@ def decode_windows(model: SpeechLLM, pieces: Iterable[tuple[int, int, np.ndarray
     """Decode (clip index, start sample, samples, whole) pieces (`dllm_asr.audio.segment.windows`)
     `batch_size` at a time, in order; yields (clip index, the piece's segment, its transcript)."""
     pieces = iter(pieces)
+    bound_heap_growth()
     while batch := list(itertools.islice(pieces, batch_size)):
         decoded = _decode_batch(model, batch, options)
         del batch  # its audio is not needed while the caller takes the texts and the next batch is read
@@ -163,14 +164,42 @@ def release_freed_memory() -> bool:
     return True
 
 
+MMAP_THRESHOLD_BYTES = 4 << 20
+
+
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, None where there is none (macOS, Windows, musl)."""
+def bound_heap_growth() -> bool:
+    """Have glibc give every allocation of `MMAP_THRESHOLD_BYTES` or more its own pages, handed back
+    to the system when it is freed; True if set (once per process; a no-op off glibc, or when the
+    user set `MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES` themselves).
+
+    Why: a batch of long windows allocates logits of up to (8 * 68, 51,864) floats per step. By
+    default glibc raises its mmap threshold as such blocks are freed, so later ones land in its heap,
+    which then only grows with fragmentation: a long recording's peak kept rising, though the memory
+    in use did not (docs/default-model.md, "Memory"). A fixed threshold ends that; the page faults
+    of the large blocks cost no measurable time (benchmarks/long_memory.py)."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def _glibc_function(name: str, argtypes: list) -> Callable[..., int] | None:
+    """A glibc function returning int, None where there is no glibc (macOS, Windows, musl)."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, None where there is none (macOS, Windows, musl)."""
+    return _glibc_function("malloc_trim", [ctypes.c_size_t])
