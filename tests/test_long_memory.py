@@ -115,7 +115,7 @@ def test_release_freed_memory_is_safe_to_call_anywhere():
     assert release_freed_memory() == (long_form._malloc_trim() is not None)
 
 
-def test_decoding_keeps_large_blocks_out_of_the_heap(tiny_model, options, monkeypatch):
+def test_decoding_sets_the_mmap_threshold_before_its_first_batch(tiny_model, options, monkeypatch):
     calls = []
     monkeypatch.setattr(long_form, "bound_heap_growth", lambda: calls.append(1))
     transcribe_stream(tiny_model, blocks(6), options, batch_size=BATCH)
@@ -131,6 +131,6 @@ def bound_heap_growth_in_a_fresh_process(**env: str) -> str:
 
 @pytest.mark.skipif(long_form._malloc_trim() is None, reason="glibc only")
 def test_the_mmap_threshold_is_set_by_glibc_unless_the_user_set_one():
-    assert bound_heap_growth_in_a_fresh_process() == "True True"  # glibc's mallopt accepted it; once
+    assert bound_heap_growth_in_a_fresh_process() == "True True"  # glibc's mallopt accepted it (the second call: cached)
     assert bound_heap_growth_in_a_fresh_process(MALLOC_MMAP_THRESHOLD_="65536") == "False False"
     assert bound_heap_growth_in_a_fresh_process(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536") == "False False"

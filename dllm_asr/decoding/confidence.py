@@ -92,9 +92,9 @@ def probability_of(logits: Tensor, tokens: Tensor, model_precision: bool = False
 
 def chunked_logsumexp(logits: Tensor, rows_per_chunk: int = 64) -> Tensor:
     """logsumexp over the last axis of logits (..., V) in float32, `rows_per_chunk` positions at a
-    time. Why: `torch.logsumexp` holds a temporary as large as its input, and a batch of long
-    windows has (B * L, 51,864) logits: one 110-MB copy per step was most of a long recording's
-    peak memory (docs/default-model.md, "Memory")."""
+    time. Why: `torch.logsumexp` holds a temporary as large as its input, and the first step of a
+    batch of eight 10-s windows scores (544, 51,864) logits: a 113-MB copy on top of them, which
+    set a long recording's peak memory (docs/default-model.md, "Memory")."""
     flat = logits.reshape(-1, logits.shape[-1])
     parts = [torch.logsumexp(chunk.float(), dim=-1) for chunk in flat.split(rows_per_chunk)]
     return (torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)).reshape(logits.shape[:-1])

@@ -177,7 +177,7 @@ def bound_heap_growth() -> bool:
     default glibc raises its mmap threshold as such blocks are freed, so later ones land in its heap,
     which then only grows with fragmentation: a long recording's peak kept rising, though the memory
     in use did not (docs/default-model.md, "Memory"). A fixed threshold ends that; the page faults
-    of the large blocks cost no measurable time (benchmarks/long_memory.py)."""
+    of the large blocks cost no time beyond the noise of benchmarks/long_memory.py's runs."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
