@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16", help="dtype of the exported deltas")
     p.add_argument("--interpolate", type=float, metavar="KEEP",
                    help="Whisper-decoder models: keep this fraction (0, 1] of the fine-tuning's change to the "
-                        "decoder, the rest back toward the pretrained decoder (WiSE-FT; the default model keeps 0.6)")
+                        "decoder, the rest back toward the pretrained decoder (WiSE-FT; the default model keeps 0.7)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP server: OpenAI-compatible /v1/audio/transcriptions and a web page at /")

@@ -10,7 +10,7 @@ import soundfile
 import torch
 
 from dllm_asr.audio import io as audio
-from dllm_asr.audio.features import log_mel_batch, log_mel_spectrogram, mel_filters
+from dllm_asr.audio.features import log_mel_batch, log_mel_spectrogram, mel_filters, zero_pad_frames_to_at_least
 from dllm_asr.audio.io import AudioError, example_audio_path, example_transcript, load_audio, resample
 
 DATA = Path(__file__).parent / "data"
@@ -164,6 +164,21 @@ def test_log_mel_batch_pads_and_reports_lengths(example):
         assert torch.all(features[row, :, lengths[row]:] == 0)
     padded, padded_lengths = log_mel_batch(clips, n_mels=128, pad_to_30s=True)
     assert padded.shape == (3, 128, 3000) and padded_lengths.tolist() == [3000] * 3
+
+
+def test_short_rows_are_padded_with_zero_frames_up_to_the_minimum():
+    features = torch.zeros(3, 2, 5)
+    features[0, :, :5] = 1.0
+    features[1, :, :2] = 2.0
+    features[2, :, :4] = 3.0
+    padded, lengths = zero_pad_frames_to_at_least(features, torch.tensor([5, 2, 4]), 7)
+    assert padded.shape == (3, 2, 7) and lengths.tolist() == [7, 7, 7]
+    assert torch.equal(padded[:, :, :5], features) and torch.all(padded[:, :, 5:] == 0)
+    # rows already as long keep their length; nothing to do returns the inputs themselves
+    _, lengths = zero_pad_frames_to_at_least(features, torch.tensor([5, 2, 4]), 3)
+    assert lengths.tolist() == [5, 3, 4]
+    same, same_lengths = zero_pad_frames_to_at_least(features, torch.tensor([5, 4, 4]), 4)
+    assert same is features and same_lengths.tolist() == [5, 4, 4]
 
 
 def test_bad_arguments_raise_value_error():

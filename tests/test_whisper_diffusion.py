@@ -114,6 +114,22 @@ def test_only_the_ar_decoders_take_an_initial_prompt():
     assert TranscribeOptions(strategy="prior", initial_prompt="Names: Waldo.").initial_prompt == "Names: Waldo."
 
 
+def test_pad_to_seconds_lets_the_decoder_read_silence_after_a_short_clip(whisper_model, example, monkeypatch):
+    with pytest.raises(ValueError, match="--pad-to-seconds"):
+        TranscribeOptions(pad_to_seconds=31)
+    seen = []
+    encode = whisper_model.encode
+    monkeypatch.setattr(whisper_model, "encode", lambda f, n: seen.append((f, n)) or encode(f, n))
+    transcribe_batch(whisper_model, [example, example[:16000]],
+                     TranscribeOptions(strategy="threshold", pad_to_seconds=3.0))
+    features, lengths = seen[0]
+    assert lengths.tolist() == [len(example) // 160, 300]  # the example is longer than 3 s
+    assert torch.all(features[1, :, 100:300] == 0)  # the 1-s clip, then 2 s of zero frames
+    alone = whisper_model.encode_audio([example[:16000]], pad_to_seconds=3.0)
+    assert alone.lengths.tolist() == [150]  # encoder frames: one per two feature frames
+    assert whisper_model.encode_audio([example[:16000]]).lengths.tolist() == [50]
+
+
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])
 def test_every_strategy_decodes_the_whisper_model(whisper_model, example, strategy):
     result = transcribe_batch(whisper_model, [example, example[:16000]],

@@ -155,6 +155,19 @@ def zero_pad_frames_to_30s(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(features, (0, N_FRAMES_30S - frames))
 
 
+def zero_pad_frames_to_at_least(features: torch.Tensor, lengths: torch.Tensor,
+                                min_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (B, n_mels, T) and frame counts (B,) with every row shorter than `min_frames`
+    extended to it by zero frames, Whisper's feature-domain padding (see the module docstring);
+    longer rows are left as they are. Frames past a row's length must already be zeros, as
+    `log_mel_batch` leaves them."""
+    if min_frames <= 0 or int(lengths.min()) >= min_frames:
+        return features, lengths
+    width = max(features.shape[-1], min_frames)
+    padded = torch.nn.functional.pad(features, (0, width - features.shape[-1]))
+    return padded, lengths.clamp(min=min_frames)
+
+
 def log_mel_batch(audios: Sequence[np.ndarray | torch.Tensor], n_mels: int = 80,
                   pad_to_30s: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-mel features of a batch of clips, right-padded with zeros to the longest.

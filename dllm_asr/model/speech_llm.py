@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dllm_asr.audio.features import log_mel_batch
+from dllm_asr.audio.features import SAMPLE_RATE, log_mel_batch, num_frames, zero_pad_frames_to_at_least
 from dllm_asr.config import ModelConfig
 from dllm_asr.model.block_cache import CACHE_MODES, BlockCachePredictor, SequenceCache, column_attention_mask
 from dllm_asr.model.decoders.base import position_ids_from_mask
@@ -74,9 +74,13 @@ class SpeechModel(nn.Module):
         self.encoder_seconds += timer.seconds
         return audio
 
-    def encode_audio(self, audios: Sequence[np.ndarray]) -> AudioContext:
-        """Waveforms (16 kHz float32) -> AudioContext."""
-        return self.encode(*self.features(audios))
+    def encode_audio(self, audios: Sequence[np.ndarray], pad_to_seconds: float = 0.0) -> AudioContext:
+        """Waveforms (16 kHz float32) -> AudioContext. Clips shorter than `pad_to_seconds` are
+        encoded with zero feature frames appended up to that length
+        (`TranscribeOptions.pad_to_seconds`)."""
+        features, lengths = self.features(audios)
+        min_frames = num_frames(round(pad_to_seconds * SAMPLE_RATE))
+        return self.encode(*zero_pad_frames_to_at_least(features, lengths, min_frames))
 
     def transcribe(self, audio, **options):
         """Transcribe one recording (a path or a 16 kHz waveform) of any length, as Whisper's

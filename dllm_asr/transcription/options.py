@@ -65,6 +65,11 @@ class TranscribeOptions:
     no_speech_threshold: float | None = 0.6
     """A clip whose no-speech probability is above this gets an empty transcript (Whisper's
     default 0.6); None never skips. Only models with the signal (the Whisper family) use it."""
+    pad_to_seconds: float = 0.0
+    """Clips shorter than this are encoded with silence appended up to it (zero log-mel frames,
+    the padding Whisper's transcribe gives its 30-s window), so the decoder hears where the speech
+    ends: fewer repeated words on clips of a word or two. 0: the clip's own frames only. The AR
+    strategy pads to 30 s whatever this says."""
     word_timestamps: bool = False
     """Time each word (start, end, probability) from the pretrained Whisper decoder's alignment
     heads: one more decoder pass per segment (Whisper family only)."""
@@ -92,6 +97,8 @@ class TranscribeOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
         if self.window_seconds is not None and self.window_seconds <= 0:
             raise ValueError(f"--window-seconds must be > 0, got {self.window_seconds}")
+        if not 0 <= self.pad_to_seconds <= 30:
+            raise ValueError(f"--pad-to-seconds must be in [0, 30], got {self.pad_to_seconds}")
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
             raise ValueError(f"--no-speech-threshold must be in [0, 1], got {self.no_speech_threshold}")
         if self.initial_prompt and self.strategy not in ("ar", "prior"):

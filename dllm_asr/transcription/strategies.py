@@ -124,7 +124,7 @@ def transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options: 
     if not heard:
         return out
     clips = [audios[i] for i in heard]
-    audio = model.encode_audio(clips)
+    audio = model.encode_audio(clips, options.pad_to_seconds)
     probs = model.no_speech_probs(audio) if options.no_speech_threshold is not None else None
     for j, i in enumerate(heard):
         out[i].no_speech_prob = None if probs is None else float(probs[j])
@@ -239,7 +239,7 @@ def _deliberate(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence
     check_strategy(model, "diffusion")
     check_word_timestamps(model, options)
     model.eval()
-    heard = model.encode_audio(audios)
+    heard = model.encode_audio(audios, options.pad_to_seconds)
     audio = heard if how.use_audio else model.audio_free(heard)
     predictor = model.mask_predictor(audio, cache=options.cache)
     prior, lengths = tokenize_texts(model, priors)
