@@ -10,10 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 
 from dllm_asr.tools.textnorm import normalize_sentence, split_sentences
@@ -24,7 +25,6 @@ TEXT_SOURCES = ("fortunes", "bible", "wordnet", "gcide")
 OPTIONAL_SOURCES = ("words",)
 """Sources used only when named: `words`, one- and two-word utterances (a word, a name, a command:
 what the prose sentences never hold, and what a decoder trained on them mis-sizes)."""
-_WORDS_PER_SOURCE = {"words": (1, 2)}
 
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -100,18 +100,23 @@ def _read_gcide(path: Path = GCIDE_FILE) -> Iterator[str]:
         yield " ".join(block)
 
 
-def _source_passages(source: str) -> Iterator[str]:
-    readers = {"fortunes": _read_fortunes, "bible": _read_bible, "wordnet": _read_wordnet,
-               "gcide": _read_gcide, "words": _read_words}
-    if source not in readers:
-        raise ValueError(f"unknown text source {source!r}; choose from {', '.join(TEXT_SOURCES + OPTIONAL_SOURCES)}")
-    return readers[source]()
+class TextSource(NamedTuple):
+    """A named source: its reader, whether it is installed, the Debian package that installs it,
+    and the words a kept sentence may have (least, most)."""
+
+    read: Callable[[], Iterator[str]]
+    installed: Callable[[], bool]
+    package: str
+    words: tuple[int, int] = (3, 25)
 
 
-def _source_available(source: str) -> bool:
-    return {"fortunes": FORTUNES_DIR.is_dir(), "bible": shutil.which("bible") is not None,
-            "wordnet": (WORDNET_DIR / "data.noun").is_file(), "gcide": GCIDE_FILE.is_file(),
-            "words": (WORDNET_DIR / "index.noun").is_file()}[source]
+_SOURCES = {
+    "fortunes": TextSource(_read_fortunes, lambda: FORTUNES_DIR.is_dir(), "fortunes"),
+    "bible": TextSource(_read_bible, lambda: shutil.which("bible") is not None, "bible-kjv"),
+    "wordnet": TextSource(_read_wordnet, lambda: (WORDNET_DIR / "data.noun").is_file(), "wordnet-base"),
+    "gcide": TextSource(_read_gcide, lambda: GCIDE_FILE.is_file(), "dict-gcide"),
+    "words": TextSource(_read_words, lambda: (WORDNET_DIR / "index.noun").is_file(), "wordnet-base", (1, 2)),
+}
 
 
 def sentences_from_passages(passages: Iterable[str], min_words: int = 3, max_words: int = 25) -> list[str]:
@@ -133,14 +138,10 @@ def _dedupe_key(sentence: str) -> str:
     return " ".join(re.sub(r"[^a-z' ]", " ", sentence.lower()).split())
 
 
-_SOURCE_PACKAGES = {"fortunes": "fortunes", "bible": "bible-kjv", "wordnet": "wordnet-base",
-                    "gcide": "dict-gcide", "words": "wordnet-base"}
-
-
 def _sentences_of(source: str) -> list[str]:
     """Clean sentences of one named source or one plain-text file (paragraphs = blank-line blocks)."""
-    if source in _SOURCE_PACKAGES:
-        return sentences_from_passages(_source_passages(source), *_WORDS_PER_SOURCE.get(source, (3, 25)))
+    if source in _SOURCES:
+        return sentences_from_passages(_SOURCES[source].read(), *_SOURCES[source].words)
     return sentences_from_passages(Path(source).read_text(errors="replace").split("\n\n"))
 
 
@@ -153,11 +154,11 @@ def load_sentences(sources: Sequence[str] = TEXT_SOURCES, text_files: Sequence[s
     `jobs` > 1 reads the sources in parallel processes; the result does not depend on it.
     """
     for source in sources:
-        if source not in _SOURCE_PACKAGES:
+        if source not in _SOURCES:
             raise ValueError(f"unknown text source {source!r}; choose from "
                              f"{', '.join(TEXT_SOURCES + OPTIONAL_SOURCES)}")
-        if not _source_available(source):
-            raise ValueError(f"text source {source!r} needs `apt-get install {_SOURCE_PACKAGES[source]}`")
+        if not _SOURCES[source].installed():
+            raise ValueError(f"text source {source!r} needs `apt-get install {_SOURCES[source].package}`")
     for text_file in text_files:
         if not Path(text_file).is_file():
             raise ValueError(f"text file {text_file} does not exist")

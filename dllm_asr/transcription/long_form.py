@@ -176,8 +176,10 @@ def bound_heap_growth() -> bool:
     Why: a batch of long windows allocates logits of up to (8 * 68, 51,864) floats per step. By
     default glibc raises its mmap threshold as such blocks are freed, so later ones land in its heap,
     which then only grows with fragmentation: a long recording's peak kept rising, though the memory
-    in use did not (docs/default-model.md, "Memory"). A fixed threshold ends that; the page faults
-    of the large blocks cost no time beyond the noise of benchmarks/long_memory.py's runs."""
+    in use did not (docs/default-model.md, "Memory"). A fixed threshold ends that. The large
+    blocks' fresh pages cost no time beyond the noise of benchmarks/long_memory.py's runs; on
+    batches of short clips an interleaved check suggested up to ~10%, within the machine's drift
+    (docs/default-model.md, "Decoding cost on a CPU")."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
