@@ -332,3 +332,24 @@ def test_encoder_cache_returns_what_the_encoder_computes(tiny_model, real_clips)
     full = EncoderCache(max_gigabytes=0.0)
     full.encode(tiny_model, real_clips[:1])
     assert full.entries == {}  # over its bound it computes and does not keep
+
+
+def test_encoder_cache_pads_short_clips_as_decoding_does(tiny_model, real_clips):
+    """With `pad_to_seconds` (TrainConfig.pad_to_seconds), training reads the encoder output of
+    the clip with zero frames appended, exactly what `encode_audio(..., pad_to_seconds)` decodes."""
+    from dllm_asr.training.train import EncoderCache
+
+    clips = real_clips[:2]  # 3.8 s and 1.9 s
+    hidden, lengths = EncoderCache(max_gigabytes=1.0).encode(tiny_model, clips, pad_to_seconds=5.0)
+    _, unpadded_lengths = tiny_model.encode_hidden(*tiny_model.features(clips))
+    direct, direct_lengths = tiny_model.encode_hidden(*tiny_model.padded_features(clips, 5.0))
+    assert torch.equal(lengths, direct_lengths) and (lengths > unpadded_lengths).all()
+    assert lengths[0] == lengths[1]  # both now 5 s long
+    torch.testing.assert_close(hidden, direct, atol=2e-3, rtol=1e-3)
+
+
+def test_negative_pad_to_seconds_is_refused():
+    from dllm_asr.training.recipe import TrainConfig
+
+    with pytest.raises(ValueError, match="pad_to_seconds"):
+        TrainConfig(pad_to_seconds=-1.0)

@@ -130,6 +130,42 @@ def test_pad_to_seconds_lets_the_decoder_read_silence_after_a_short_clip(whisper
     assert whisper_model.encode_audio([example[:16000]]).lengths.tolist() == [50]
 
 
+def test_ar_strategy_encodes_each_clip_once_in_whispers_30s_window(whisper_model, example, monkeypatch):
+    """`--strategy ar` reads no-speech and text from one 30-s encoder pass, not the clip's own
+    frames first and the window again."""
+    seen = []
+    encode = whisper_model.encode
+    monkeypatch.setattr(whisper_model, "encode", lambda f, n: seen.append(n.tolist()) or encode(f, n))
+    result = transcribe_batch(whisper_model, [example, example[:16000]], TranscribeOptions(strategy="ar"))
+    assert seen == [[3000, 3000]]
+    window = whisper_model.encode(*whisper_model.features([example, example[:16000]], pad_to_30s=True))
+    assert [r.tokens for r in result] == list(whisper_model.generate_ar([example, example[:16000]], 40, audio=window))
+    assert whisper_model.reads_ar_window(window) and not whisper_model.reads_ar_window(
+        whisper_model.encode_audio([example], pad_to_seconds=5.0))
+
+
+def test_ar_pad_to_seconds_sets_the_window_whispers_decoder_reads(whisper_model, example, monkeypatch):
+    """`ar_pad_to_seconds=10`: the AR strategy encodes 10-s windows; prior-guided decoding whose
+    clips are already padded to 10 s hands that same pass to its AR prior (one encoder pass)."""
+    with pytest.raises(ValueError, match="--ar-pad-to-seconds"):
+        TranscribeOptions(ar_pad_to_seconds=0)
+    clips = [example, example[:16000]]
+    seen = []
+    encode = whisper_model.encode
+    monkeypatch.setattr(whisper_model, "encode", lambda f, n: seen.append(n.tolist()) or encode(f, n))
+    ar = transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="ar", ar_pad_to_seconds=10))
+    assert seen == [[1000, 1000]]
+    assert normalize_text(ar[0].text) == normalize_text((ASSETS / "example.txt").read_text())
+    seen.clear()
+    transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="prior", pad_to_seconds=10, ar_pad_to_seconds=10))
+    assert seen == [[1000, 1000]]
+    seen.clear()
+    transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="prior", pad_to_seconds=5, ar_pad_to_seconds=10))
+    assert seen == [[500, 500], [1000, 1000]]  # the diffusion decoder's 5 s, then the AR window
+    window = whisper_model.encode_ar_window(clips, 10.0)
+    assert whisper_model.reads_ar_window(window, 10.0) and not whisper_model.reads_ar_window(window, 30.0)
+
+
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])
 def test_every_strategy_decodes_the_whisper_model(whisper_model, example, strategy):
     result = transcribe_batch(whisper_model, [example, example[:16000]],

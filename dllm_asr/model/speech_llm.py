@@ -78,9 +78,19 @@ class SpeechModel(nn.Module):
         """Waveforms (16 kHz float32) -> AudioContext. Clips shorter than `pad_to_seconds` are
         encoded with zero feature frames appended up to that length
         (`TranscribeOptions.pad_to_seconds`)."""
+        return self.encode(*self.padded_features(audios, pad_to_seconds))
+
+    def encode_for(self, audios: Sequence[np.ndarray], options) -> AudioContext:
+        """The encoder pass that `options` (TranscribeOptions) decodes from: `encode_audio` with
+        its `pad_to_seconds`. Models whose AR decoder reads another input override it."""
+        return self.encode_audio(audios, options.pad_to_seconds)
+
+    def padded_features(self, audios: Sequence[np.ndarray], pad_to_seconds: float = 0.0) -> tuple[Tensor, Tensor]:
+        """`features` (B, n_mels, T) and frame counts (B,), with zero frames appended to every
+        clip shorter than `pad_to_seconds` (counted as valid frames: the encoder reads them)."""
         features, lengths = self.features(audios)
         min_frames = num_frames(round(pad_to_seconds * SAMPLE_RATE))
-        return self.encode(*zero_pad_frames_to_at_least(features, lengths, min_frames))
+        return zero_pad_frames_to_at_least(features, lengths, min_frames)
 
     def transcribe(self, audio, **options):
         """Transcribe one recording (a path or a 16 kHz waveform) of any length, as Whisper's
@@ -155,10 +165,12 @@ class SpeechLLM(SpeechModel):
         return self.config.objective == "ar"
 
     def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
-                    audio: AudioContext | None = None, initial_prompt: str | None = None) -> GeneratedTokens:
+                    audio: AudioContext | None = None, initial_prompt: str | None = None,
+                    pad_to_seconds: float = 0.0) -> GeneratedTokens:
         """Autoregressive decoding after the `[prompt | audio]` prefix (the Whisper-LLaMA baseline).
         `audio`: the clips already encoded (`encode_audio(audios)`), to save the encoder pass.
-        `initial_prompt`: refused; only the Whisper family was trained with previous-text context."""
+        `initial_prompt`: refused; only the Whisper family was trained with previous-text context.
+        `pad_to_seconds`: unused (its decoder reads the audio as it was trained, `features`)."""
         if initial_prompt:
             raise ValueError("--initial-prompt: only Whisper-family models take a previous-text prompt")
         embeds, mask = self.prefix(self.encode_audio(audios) if audio is None else audio)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dllm_asr.audio.features import log_mel_batch, zero_pad_frames_to_30s
+from dllm_asr.audio.features import CHUNK_SECONDS, SAMPLE_RATE, log_mel_batch, num_frames, zero_pad_frames_to_30s
 from dllm_asr.config import ModelConfig
 from dllm_asr.model.block_cache import CACHE_MODES, BlockCachePredictor, SequenceCache, column_attention_mask
 from dllm_asr.model.checkpoint import check_keep
@@ -105,6 +105,27 @@ class WhisperDiffusionASR(SpeechModel):
             feats = zero_pad_frames_to_30s(feats)
             lengths = torch.full_like(lengths, feats.shape[-1])
         return feats.to(self.device), lengths.to(self.device)
+
+    def encode_for(self, audios: Sequence[np.ndarray], options) -> AudioContext:
+        """`--strategy ar` decodes from the AR window (`ar_pad_to_seconds`), so that is the one
+        encoder pass it makes (its no-speech probability then comes from the same window, as in
+        Whisper); every other strategy reads `encode_audio(audios, options.pad_to_seconds)`."""
+        if options.strategy == "ar":
+            return self.encode_ar_window(audios, options.ar_pad_to_seconds)
+        return super().encode_for(audios, options)
+
+    def encode_ar_window(self, audios: Sequence[np.ndarray], pad_to_seconds: float = 30.0) -> AudioContext:
+        """What Whisper's pretrained decoder reads: each clip with zero frames appended up to
+        `pad_to_seconds` (at 30 s, Whisper's window: longer clips trimmed to it)."""
+        if pad_to_seconds >= CHUNK_SECONDS:
+            return self.encode(*self.features(audios, pad_to_30s=True))
+        return self.encode_audio(audios, pad_to_seconds)
+
+    def reads_ar_window(self, audio: AudioContext, pad_to_seconds: float = 30.0) -> bool:
+        """Whether every row of `audio` is at least the AR window of `pad_to_seconds` long, so
+        that `generate_ar` can read it as it is."""
+        window = min(num_frames(round(pad_to_seconds * SAMPLE_RATE)), self.encoder.num_frames_max) // 2
+        return bool((audio.lengths >= window).all())
 
     def encode_hidden(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The frozen encoder's output (B, T, d) and valid frames (B,): what training may cache."""
@@ -249,18 +270,19 @@ class WhisperDiffusionASR(SpeechModel):
     @torch.no_grad()
     def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
                     audio: AudioContext | None = None, fallback: bool = True,
-                    initial_prompt: str | None = None) -> GeneratedTokens:
-        """Whisper's own decoding with the pretrained decoder and a KV cache, on 30-s padded input
-        as Whisper was trained: greedy, with Whisper's temperature fallback (`fallback`; see
-        `FALLBACK_TEMPERATURES`). Special, timestamp and non-speech symbol tokens are suppressed,
-        and EOS and a lone space at the first step (Whisper's suppress_blank). `audio`: the clips already encoded,
-        reused when it is 30-s padded. `initial_prompt`: text given to every row as Whisper's
-        previous-text context (`ar_prompt_ids`). Returns one token list per row and `.nfe`
-        (forward passes of the network, fallback passes included)."""
+                    initial_prompt: str | None = None, pad_to_seconds: float = 30.0) -> GeneratedTokens:
+        """Whisper's own decoding with the pretrained decoder and a KV cache, on input padded to
+        `pad_to_seconds` (Whisper's 30-s window by default; `encode_ar_window`): greedy, with
+        Whisper's temperature fallback (`fallback`; see `FALLBACK_TEMPERATURES`). Special,
+        timestamp and non-speech symbol tokens are suppressed, and EOS and a lone space at the
+        first step (Whisper's suppress_blank). `audio`: the clips already encoded, reused when
+        every row is at least that window long (`reads_ar_window`). `initial_prompt`: text given
+        to every row as Whisper's previous-text context (`ar_prompt_ids`). Returns one token list
+        per row and `.nfe` (forward passes of the network, fallback passes included)."""
         if num_beams != 1:
             raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
-        if audio is None or not self.config.encoder.pad_to_30s:  # only 30-s padded output is reusable
-            audio = self.encode(*self.features(audios, pad_to_30s=True))
+        if audio is None or not self.reads_ar_window(audio, pad_to_seconds):
+            audio = self.encode_ar_window(audios, pad_to_seconds)
         cross = self._cross(audio, self.base_decoder)
         prompt = self.ar_prompt_ids(initial_prompt)
         limit = min(max_new_tokens, self.base_decoder.max_positions - prompt.shape[0])

@@ -94,6 +94,10 @@ class TrainConfig:
     cache_encoder_gb: float = 0.0
     """Keep the frozen encoder's outputs of training clips in memory (fp16), up to this many GiB,
     and reuse them in later epochs (0 = off). Pays off when epochs repeat clips unaugmented."""
+    pad_to_seconds: float = 0.0
+    """Encode training clips shorter than this with zero feature frames appended up to it, as
+    `TranscribeOptions.pad_to_seconds` does at inference (0 = off): a model decoded with padding
+    then learns on the encoder output it is decoded with."""
     attention_anneal_steps: int = 0
     """Attention-mask annealing (DiffuLLaMA) for decoders that support it (kind "whisper"): the
     response attention goes from causal to bidirectional linearly over this many steps (0 = off)."""
@@ -135,6 +139,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.loss_weighting not in ("llada", "none"):
             raise ValueError(f"loss_weighting must be llada or none, got {self.loss_weighting!r}")
+        if not self.pad_to_seconds >= 0:
+            raise ValueError(f"pad_to_seconds must be >= 0 seconds, got {self.pad_to_seconds}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

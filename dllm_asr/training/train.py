@@ -59,7 +59,10 @@ def set_trainable(model: SpeechLLM, parts: tuple[str, ...]) -> list[nn.Parameter
 def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig, generator: torch.Generator,
                      encoder_cache: "EncoderCache | None" = None) -> tuple[Tensor, dict[str, float]]:
     """The loss of one micro-batch: masked diffusion (or next-token) plus the weighted CTC loss."""
-    audio = core.audio_context(*encoder_cache.encode(core, audios)) if encoder_cache else core.encode(*core.features(audios))
+    if encoder_cache:
+        audio = core.audio_context(*encoder_cache.encode(core, audios, cfg.pad_to_seconds))
+    else:
+        audio = core.encode(*core.padded_features(audios, cfg.pad_to_seconds))
     stats: dict[str, float] = {}
     loss = response_loss(core, audio, texts, cfg.loss_weighting, cfg.mask_eps, cfg.full_mask_fraction, generator)
     stats["lm_loss"] = loss.item()
@@ -88,14 +91,15 @@ class EncoderCache:
     def key(audio) -> bytes:
         return hashlib.sha1(audio.tobytes()).digest() + len(audio).to_bytes(8, "little")
 
-    def encode(self, core, audios) -> tuple[Tensor, Tensor]:
-        """Waveforms -> encoder output (B, T, d) zero-padded, and valid frames (B,)."""
+    def encode(self, core, audios, pad_to_seconds: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Waveforms -> encoder output (B, T, d) zero-padded, and valid frames (B,). A cache
+        serves one run, whose `pad_to_seconds` is fixed, so the key leaves it out."""
         keys = [self.key(a) for a in audios]
         missing = [i for i, k in enumerate(keys) if k not in self.entries]
         fresh = {}
         if missing:
             with torch.no_grad():
-                hidden, lengths = core.encode_hidden(*core.features([audios[i] for i in missing]))
+                hidden, lengths = core.encode_hidden(*core.padded_features([audios[i] for i in missing], pad_to_seconds))
             for row, i in enumerate(missing):
                 fresh[keys[i]] = hidden[row, : int(lengths[row])].to(torch.float16).cpu()
         self.hits += len(audios) - len(missing)

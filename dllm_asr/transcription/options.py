@@ -68,8 +68,14 @@ class TranscribeOptions:
     pad_to_seconds: float = 0.0
     """Clips shorter than this are encoded with silence appended up to it (zero log-mel frames,
     the padding Whisper's transcribe gives its 30-s window), so the decoder hears where the speech
-    ends: fewer repeated words on clips of a word or two. 0: the clip's own frames only. The AR
-    strategy pads to 30 s whatever this says."""
+    ends: fewer repeated words on clips of a word or two. 0: the clip's own frames only. AR
+    decoding pads as `ar_pad_to_seconds` says."""
+    ar_pad_to_seconds: float = 30.0
+    """Whisper's pretrained decoder (--strategy ar, and prior's AR prior) reads each clip with
+    zero log-mel frames appended up to this length: Whisper's own 30-s window by default. A
+    shorter window costs less encoder work, but the decoder then repeats the word of one-word
+    clips (held-out Asterisk prompts: 6.87% WER at 30 s, 7.76% at 20, 15.26% at 10;
+    docs/default-model.md, "The AR decoder's window")."""
     word_timestamps: bool = False
     """Time each word (start, end, probability) from the pretrained Whisper decoder's alignment
     heads: one more decoder pass per segment (Whisper family only)."""
@@ -99,6 +105,8 @@ class TranscribeOptions:
             raise ValueError(f"--window-seconds must be > 0, got {self.window_seconds}")
         if not 0 <= self.pad_to_seconds <= 30:
             raise ValueError(f"--pad-to-seconds must be in [0, 30], got {self.pad_to_seconds}")
+        if not 0 < self.ar_pad_to_seconds <= 30:
+            raise ValueError(f"--ar-pad-to-seconds must be in (0, 30], got {self.ar_pad_to_seconds}")
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
             raise ValueError(f"--no-speech-threshold must be in [0, 1], got {self.no_speech_threshold}")
         if self.initial_prompt and self.strategy not in ("ar", "prior"):
@@ -160,12 +168,12 @@ def field_type(f: Field) -> type:
 
 def field_help(cls: type) -> dict[str, str]:
     """{field name: the docstring under it} of a dataclass, read from its source (the help text of
-    each command-line flag, written once beside the field)."""
+    each command-line flag, written once beside the field), with "%" doubled as argparse wants."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     docs = {}
     for node, after in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
-            docs[node.target.id] = " ".join(after.value.value.split())
+            docs[node.target.id] = " ".join(after.value.value.split()).replace("%", "%%")  # argparse %-formats help
     return docs

@@ -101,7 +101,8 @@ def model_priors(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioCon
         return ctc
     if model.supports_ar:
         max_new = int(block_lengths(model, audios, options).max())
-        rows = model.generate_ar(audios, max_new, audio=audio, initial_prompt=options.initial_prompt)
+        rows = model.generate_ar(audios, max_new, audio=audio, initial_prompt=options.initial_prompt,
+                                 pad_to_seconds=options.ar_pad_to_seconds)
         return [model.tokenizer.decode(row) for row in rows]
     raise ValueError("prior-guided decoding needs a prior: a model with a CTC head or an AR decoder, "
                      "or priors given with the clips")
@@ -124,7 +125,7 @@ def transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options: 
     if not heard:
         return out
     clips = [audios[i] for i in heard]
-    audio = model.encode_audio(clips, options.pad_to_seconds)
+    audio = model.encode_for(clips, options)
     probs = model.no_speech_probs(audio) if options.no_speech_threshold is not None else None
     for j, i in enumerate(heard):
         out[i].no_speech_prob = None if probs is None else float(probs[j])
@@ -152,7 +153,8 @@ def _left_to_right(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioC
                    options: TranscribeOptions, priors: Sequence[str] | None) -> list[Transcript]:
     """`ar`: the model's causal decoder, greedy or beam search."""
     max_new = int(block_lengths(model, audios, options).max())
-    rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt)
+    rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt,
+                             pad_to_seconds=options.ar_pad_to_seconds)
     confidences = rows.confidences or [None] * len(rows)
     return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
                        truncated=len(r) >= max_new, confidences=c) for r, c in zip(rows, confidences)]
