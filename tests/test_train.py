@@ -346,10 +346,3 @@ def test_encoder_cache_pads_short_clips_as_decoding_does(tiny_model, real_clips)
     assert torch.equal(lengths, direct_lengths) and (lengths > unpadded_lengths).all()
     assert lengths[0] == lengths[1]  # both now 5 s long
     torch.testing.assert_close(hidden, direct, atol=2e-3, rtol=1e-3)
-
-
-def test_negative_pad_to_seconds_is_refused():
-    from dllm_asr.training.recipe import TrainConfig
-
-    with pytest.raises(ValueError, match="pad_to_seconds"):
-        TrainConfig(pad_to_seconds=-1.0)
