@@ -21,6 +21,7 @@ from dllm_asr.model.decoders.base import position_ids_from_mask
 from dllm_asr.model.decoders.causal import GeneratedTokens, ar_generate
 from dllm_asr.model.encoders import ctc_greedy_decode
 from dllm_asr.timer import Timer
+from dllm_asr.transcription.options import TranscribeOptions
 
 
 @dataclass
@@ -80,8 +81,8 @@ class SpeechModel(nn.Module):
         (`TranscribeOptions.pad_to_seconds`)."""
         return self.encode(*self.padded_features(audios, pad_to_seconds))
 
-    def encode_for(self, audios: Sequence[np.ndarray], options) -> AudioContext:
-        """The encoder pass that `options` (TranscribeOptions) decodes from: `encode_audio` with
+    def encode_for(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> AudioContext:
+        """The encoder pass that `options` decodes from: `encode_audio` with
         its `pad_to_seconds`. Models whose AR decoder reads another input override it."""
         return self.encode_audio(audios, options.pad_to_seconds)
 

@@ -31,6 +31,7 @@ from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, Whi
                                word_alignment_heads)
 from dllm_asr.model.speech_llm import AudioContext, SpeechModel
 from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES
+from dllm_asr.transcription.options import TranscribeOptions
 
 
 class WhisperDiffusionASR(SpeechModel):
@@ -106,7 +107,7 @@ class WhisperDiffusionASR(SpeechModel):
             lengths = torch.full_like(lengths, feats.shape[-1])
         return feats.to(self.device), lengths.to(self.device)
 
-    def encode_for(self, audios: Sequence[np.ndarray], options) -> AudioContext:
+    def encode_for(self, audios: Sequence[np.ndarray], options: TranscribeOptions) -> AudioContext:
         """`--strategy ar` decodes from the AR window (`ar_pad_to_seconds`), so that is the one
         encoder pass it makes (its no-speech probability then comes from the same window, as in
         Whisper); every other strategy reads `encode_audio(audios, options.pad_to_seconds)`."""
