@@ -114,12 +114,18 @@ def test_only_the_ar_decoders_take_an_initial_prompt():
     assert TranscribeOptions(strategy="prior", initial_prompt="Names: Waldo.").initial_prompt == "Names: Waldo."
 
 
+def record_encodes(model, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every (features, frame counts) that `model.encode` is called with, in order."""
+    seen = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda f, n: seen.append((f, n)) or encode(f, n))
+    return seen
+
+
 def test_pad_to_seconds_lets_the_decoder_read_silence_after_a_short_clip(whisper_model, example, monkeypatch):
     with pytest.raises(ValueError, match="--pad-to-seconds"):
         TranscribeOptions(pad_to_seconds=31)
-    seen = []
-    encode = whisper_model.encode
-    monkeypatch.setattr(whisper_model, "encode", lambda f, n: seen.append((f, n)) or encode(f, n))
+    seen = record_encodes(whisper_model, monkeypatch)
     transcribe_batch(whisper_model, [example, example[:16000]],
                      TranscribeOptions(strategy="threshold", pad_to_seconds=3.0))
     features, lengths = seen[0]
@@ -133,11 +139,9 @@ def test_pad_to_seconds_lets_the_decoder_read_silence_after_a_short_clip(whisper
 def test_ar_strategy_encodes_each_clip_once_in_whispers_30s_window(whisper_model, example, monkeypatch):
     """`--strategy ar` reads no-speech and text from one 30-s encoder pass, not the clip's own
     frames first and the window again."""
-    seen = []
-    encode = whisper_model.encode
-    monkeypatch.setattr(whisper_model, "encode", lambda f, n: seen.append(n.tolist()) or encode(f, n))
+    seen = record_encodes(whisper_model, monkeypatch)
     result = transcribe_batch(whisper_model, [example, example[:16000]], TranscribeOptions(strategy="ar"))
-    assert seen == [[3000, 3000]]
+    assert [n.tolist() for _, n in seen] == [[3000, 3000]]
     window = whisper_model.encode(*whisper_model.features([example, example[:16000]], pad_to_30s=True))
     assert [r.tokens for r in result] == list(whisper_model.generate_ar([example, example[:16000]], 40, audio=window))
     assert whisper_model.reads_ar_window(window) and not whisper_model.reads_ar_window(
@@ -150,18 +154,16 @@ def test_ar_pad_to_seconds_sets_the_window_whispers_decoder_reads(whisper_model,
     with pytest.raises(ValueError, match="--ar-pad-to-seconds"):
         TranscribeOptions(ar_pad_to_seconds=0)
     clips = [example, example[:16000]]
-    seen = []
-    encode = whisper_model.encode
-    monkeypatch.setattr(whisper_model, "encode", lambda f, n: seen.append(n.tolist()) or encode(f, n))
+    seen = record_encodes(whisper_model, monkeypatch)
     ar = transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="ar", ar_pad_to_seconds=10))
-    assert seen == [[1000, 1000]]
+    assert [n.tolist() for _, n in seen] == [[1000, 1000]]
     assert normalize_text(ar[0].text) == normalize_text((ASSETS / "example.txt").read_text())
     seen.clear()
     transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="prior", pad_to_seconds=10, ar_pad_to_seconds=10))
-    assert seen == [[1000, 1000]]
+    assert [n.tolist() for _, n in seen] == [[1000, 1000]]
     seen.clear()
     transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="prior", pad_to_seconds=5, ar_pad_to_seconds=10))
-    assert seen == [[500, 500], [1000, 1000]]  # the diffusion decoder's 5 s, then the AR window
+    assert [n.tolist() for _, n in seen] == [[500, 500], [1000, 1000]]  # the diffusion decoder's 5 s, then the AR window
     window = whisper_model.encode_ar_window(clips, 10.0)
     assert whisper_model.reads_ar_window(window, 10.0) and not whisper_model.reads_ar_window(window, 30.0)
 
