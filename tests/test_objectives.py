@@ -116,3 +116,41 @@ def test_response_loss_is_the_objective_of_the_model(objective, real_clips):
             noisy = forward_mask(ids, valid, model.mask_id, generator=torch.Generator().manual_seed(3))
             expected = masked_diffusion_loss(model.response_logits(audio, noisy.noisy), ids, noisy, valid, "llada")
     assert got.item() == pytest.approx(expected.item(), rel=1e-6) and got.item() > 0
+
+
+def test_response_loss_with_block_lengths_hides_positions_past_each_rows_block(real_clips):
+    """Duration-sized blocks (`TrainConfig.response_blocks: duration`): each row is EOS-padded to
+    its own block (at least its transcript + 1), and the positions past it are hidden from
+    attention (the lengths reach the decoder), never masked and never scored."""
+    from dllm_asr.model.loading import build_model
+    from dllm_asr.training.objectives import encode_transcripts, response_loss
+    from tests.helpers import tiny_model_config
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config()).eval()
+    texts = ["the quick brown fox", "hello"]
+    audio = model.encode_audio(real_clips[:2])
+    fox = len(model.tokenizer(texts[0], add_special_tokens=False)["input_ids"])
+    assert fox + 1 > 3  # so row 0's block of 3 must grow to hold its transcript
+    calls = []
+    plain_logits = model.response_logits
+
+    def recording_logits(audio, tokens, lengths=None, **kwargs):
+        calls.append((tokens.clone(), lengths))
+        return plain_logits(audio, tokens, lengths, **kwargs)
+
+    model.response_logits = recording_logits
+    with torch.no_grad():
+        got = response_loss(model, audio, texts, "llada", 1e-3, 1.0, torch.Generator().manual_seed(3),
+                            block_lengths=torch.tensor([3, 10]))
+    (tokens, lengths), = calls
+    assert lengths.tolist() == [fox + 1, 10] and tokens.shape == (2, max(fox + 1, 10))
+    assert (tokens[0, :fox + 1] == model.mask_id).all() and (tokens[0, fox + 1:] == model.eos_id).all()
+    assert (tokens[1] == model.mask_id).all()  # full_mask_fraction 1: every position of its block
+
+    ids, _ = encode_transcripts(model.tokenizer, texts, model.eos_id, length=tokens.shape[1])
+    valid = torch.arange(tokens.shape[1])[None] < lengths[:, None]
+    noisy = forward_mask(ids, valid, model.mask_id, 1e-3, 1.0, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = masked_diffusion_loss(plain_logits(audio, noisy.noisy, lengths), ids, noisy, valid, "llada")
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6) and got.item() > 0

@@ -94,6 +94,7 @@ def test_train_state_round_trip_without_pickle(tmp_path):
     ("model.decoding.threshold=2", r"--threshold must be in \(0, 1\]"),
     ("model.window_seconds=0", "model.window_seconds must be > 0"),
     ("pad_to_seconds=-1", "pad_to_seconds must be >= 0"),
+    ("response_blocks=clip", "response_blocks must be longest or duration"),
 ])
 def test_every_shipped_recipe_loads_and_bad_values_are_named_at_load(override, message):
     from dllm_asr.cli import shipped_recipes

@@ -319,6 +319,34 @@ def test_default_model_recipe_trains_resumes_and_keeps_its_embedding_frozen(tmp_
     assert not torch.equal(model.decoder.layers[0].fc1.weight, pristine.layers[0].fc1.weight)
 
 
+def test_duration_sized_blocks_are_the_decodings_and_the_blocks_recipe_trains(tmp_path, tiny_data, tiny_model,
+                                                                            real_clips, monkeypatch):
+    """`response_blocks: duration` hands the loss the block lengths decoding would use for the
+    same clips (`block_lengths` with the model's own decoding options); the shipped recipe that
+    uses it (tiny-en-blocks, a continuation of the shipped deltas) trains and logs a finite loss."""
+    from dllm_asr.training import train
+    from dllm_asr.training.recipe import TrainConfig
+    from dllm_asr.transcription.strategies import block_lengths, model_options
+
+    seen = []
+
+    def recording_loss(*args, **kwargs):
+        seen.append(args[-1])
+        return torch.zeros((), requires_grad=True)
+
+    monkeypatch.setattr(train, "response_loss", recording_loss)
+    clips = real_clips[:2]
+    for blocks in ("longest", "duration"):
+        train.micro_batch_loss(tiny_model, clips, ["a", "b"], TrainConfig(response_blocks=blocks), torch.Generator())
+    assert seen[0] is None and torch.equal(seen[1], block_lengths(tiny_model, clips, model_options(tiny_model)))
+    monkeypatch.undo()
+
+    args = ["train", "--config", "tiny-en-blocks", f"data.train={tiny_data}", "data.dev=null",
+            "data.max_batch_size=3", "data.num_workers=0", "log_every=1", f"output_dir={tmp_path}", "stop_after_steps=1"]
+    assert cli.main(args) == 0
+    assert sorted(losses(tmp_path)) == [1] and np.isfinite(losses(tmp_path)[1])
+
+
 def test_encoder_cache_returns_what_the_encoder_computes(tiny_model, real_clips):
     from dllm_asr.training.train import EncoderCache
 

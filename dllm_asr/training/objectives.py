@@ -153,15 +153,33 @@ def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, texts: list[str],
 
 
 def response_loss(model, audio, texts: list[str], weighting: str = "llada", mask_eps: float = 1e-3,
-                  full_mask_fraction: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+                  full_mask_fraction: float = 0.0, generator: torch.Generator | None = None,
+                  block_lengths: Tensor | None = None) -> Tensor:
     """The decoder's loss on `texts` (B transcripts) read with `audio` (an AudioContext of B rows):
     next-token loss for a model trained with the AR objective, else the masked-diffusion loss of
-    one forward-mask draw from `generator` (`forward_mask`, `masked_diffusion_loss`)."""
-    ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
-    ids = ids.to(model.device)
+    one forward-mask draw from `generator` (`forward_mask`, `masked_diffusion_loss`).
+
+    block_lengths (B,): each row's diffusion response block (EOS-padded; at least its transcript
+    + 1); positions past it are neither attended to, masked nor scored. None: every row is as
+    long as the micro-batch's, `encode_transcripts`' default.
+    """
     if model.config.objective == "ar":
+        ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
+        ids = ids.to(model.device)
         valid = transcript_and_eos(ids, text_lengths)
         return next_token_loss(model.response_logits(audio, ids, causal=True), ids, valid)
-    valid = torch.ones_like(ids, dtype=torch.bool)  # EOS padding is part of the answer (LLaDA)
+    if block_lengths is None:
+        ids, _ = encode_transcripts(model.tokenizer, texts, model.eos_id)
+        row_lengths = None
+        valid = torch.ones_like(ids, dtype=torch.bool)  # EOS padding is part of the answer (LLaDA)
+    else:
+        text_lengths = torch.tensor([len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+                                     for text in texts], dtype=torch.long)
+        row_lengths = torch.maximum(block_lengths.cpu().long(), text_lengths + 1)
+        ids, _ = encode_transcripts(model.tokenizer, texts, model.eos_id, length=int(row_lengths.max()))
+        valid = torch.arange(ids.shape[1])[None] < row_lengths[:, None]
+        row_lengths = row_lengths.to(model.device)
+    ids, valid = ids.to(model.device), valid.to(model.device)
     noisy = forward_mask(ids, valid, model.mask_id, mask_eps, full_mask_fraction, generator)
-    return masked_diffusion_loss(model.response_logits(audio, noisy.noisy), ids, noisy, valid, weighting)
+    logits = model.response_logits(audio, noisy.noisy, row_lengths)
+    return masked_diffusion_loss(logits, ids, noisy, valid, weighting)

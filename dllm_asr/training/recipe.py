@@ -98,6 +98,11 @@ class TrainConfig:
     """Encode training clips shorter than this with zero feature frames appended up to it, as
     `TranscribeOptions.pad_to_seconds` does at inference (0 = off): a model decoded with padding
     then learns on the encoder output it is decoded with."""
+    response_blocks: str = "longest"
+    """How long each training response block is: "longest" pads a micro-batch's transcripts with
+    EOS to its longest + 1 (rounded up to 8); "duration" sizes each row's block from its clip's
+    duration as decoding does (`transcription.strategies.block_lengths`, or the transcript + 1
+    where that is longer), so the model learns on as much EOS padding as it is decoded with."""
     attention_anneal_steps: int = 0
     """Attention-mask annealing (DiffuLLaMA) for decoders that support it (kind "whisper"): the
     response attention goes from causal to bidirectional linearly over this many steps (0 = off)."""
@@ -139,6 +144,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.loss_weighting not in ("llada", "none"):
             raise ValueError(f"loss_weighting must be llada or none, got {self.loss_weighting!r}")
+        if self.response_blocks not in ("longest", "duration"):
+            raise ValueError(f"response_blocks must be longest or duration, got {self.response_blocks!r}")
         if not self.pad_to_seconds >= 0:
             raise ValueError(f"pad_to_seconds must be >= 0 seconds, got {self.pad_to_seconds}")
 

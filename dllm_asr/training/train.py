@@ -36,6 +36,7 @@ from dllm_asr.training.distributed import DistContext, init_distributed
 from dllm_asr.training.objectives import ctc_loss, response_loss
 from dllm_asr.training.recipe import TrainConfig
 from dllm_asr.training.schedule import StagePlan, learning_rate
+from dllm_asr.transcription.strategies import block_lengths, model_options
 
 log = logging.getLogger("dllm_asr.training.train")
 
@@ -64,7 +65,9 @@ def micro_batch_loss(core: SpeechLLM, audios, texts, cfg: TrainConfig, generator
     else:
         audio = core.encode(*core.padded_features(audios, cfg.pad_to_seconds))
     stats: dict[str, float] = {}
-    loss = response_loss(core, audio, texts, cfg.loss_weighting, cfg.mask_eps, cfg.full_mask_fraction, generator)
+    blocks = block_lengths(core, audios, model_options(core)) if cfg.response_blocks == "duration" else None
+    loss = response_loss(core, audio, texts, cfg.loss_weighting, cfg.mask_eps, cfg.full_mask_fraction, generator,
+                         blocks)
     stats["lm_loss"] = loss.item()
     if core.ctc_head is not None and cfg.ctc_weight > 0 and audio.ctc_log_probs is not None:
         ctc = ctc_loss(audio.ctc_log_probs, audio.encoder_lengths, texts)
