@@ -202,8 +202,8 @@ def matched_errors(said: list[str], starts: list[float], heard) -> list[float]:
 
 def test_words_are_timed_where_they_were_spoken(model, spoken_words):
     audio, said, starts = spoken_words
-    for strategy in (None, "ar"):  # the model's default decoding, and Whisper's own
-        result = transcribe_audio(model, audio, word_timestamps=True, **({"strategy": strategy} if strategy else {}))
+    for decoding in ({}, {"strategy": "ar"}):  # the model's default decoding, then Whisper's own
+        result = transcribe_audio(model, audio, word_timestamps=True, **decoding)
         assert len(result.segments) == 2  # cut at the pause between the sentences: words are offset by their window
         assert result.words == [w for s in result.segments for w in s.words]
         for segment in result.segments:
