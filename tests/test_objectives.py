@@ -154,3 +154,11 @@ def test_response_loss_with_block_lengths_hides_positions_past_each_rows_block(r
     with torch.no_grad():
         expected = masked_diffusion_loss(plain_logits(audio, noisy.noisy, lengths), ids, noisy, valid, "llada")
     assert got.item() == pytest.approx(expected.item(), rel=1e-6) and got.item() > 0
+
+
+def test_eos_padded_cuts_or_pads_with_eos():
+    from dllm_asr.training.objectives import eos_padded
+
+    ids = torch.tensor([[5, 6, 2, 2], [7, 2, 2, 2]])
+    assert eos_padded(ids, 3, eos_id=2).tolist() == [[5, 6, 2], [7, 2, 2]]
+    assert eos_padded(ids, 6, eos_id=2).tolist() == [[5, 6, 2, 2, 2, 2], [7, 2, 2, 2, 2, 2]]

@@ -124,6 +124,16 @@ def encode_transcripts(tokenizer, texts: Sequence[str], eos_id: int, length: int
     return ids, text_lengths
 
 
+def eos_padded(ids: Tensor, length: int, eos_id: int) -> Tensor:
+    """(B, L) response ids -> (B, length): cut, or padded on the right with EOS.
+
+    Only cut an `encode_transcripts` batch past every row's first EOS (its default width is).
+    """
+    if length <= ids.shape[1]:
+        return ids[:, :length]
+    return F.pad(ids, (0, length - ids.shape[1]), value=eos_id)
+
+
 def transcript_and_eos(ids: Tensor, text_lengths: Tensor) -> Tensor:
     """(B, L) bool, True at each row's transcript tokens and its first EOS: what the AR loss scores.
 
@@ -168,15 +178,13 @@ def response_loss(model, audio, texts: list[str], weighting: str = "llada", mask
         ids = ids.to(model.device)
         valid = transcript_and_eos(ids, text_lengths)
         return next_token_loss(model.response_logits(audio, ids, causal=True), ids, valid)
+    ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
     if block_lengths is None:
-        ids, _ = encode_transcripts(model.tokenizer, texts, model.eos_id)
         row_lengths = None
         valid = torch.ones_like(ids, dtype=torch.bool)  # EOS padding is part of the answer (LLaDA)
     else:
-        text_lengths = torch.tensor([len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-                                     for text in texts], dtype=torch.long)
         row_lengths = torch.maximum(block_lengths.cpu().long(), text_lengths + 1)
-        ids, _ = encode_transcripts(model.tokenizer, texts, model.eos_id, length=int(row_lengths.max()))
+        ids = eos_padded(ids, int(row_lengths.max()), model.eos_id)
         valid = torch.arange(ids.shape[1])[None] < row_lengths[:, None]
         row_lengths = row_lengths.to(model.device)
     ids, valid = ids.to(model.device), valid.to(model.device)
