@@ -130,7 +130,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[tuple[str, float, float]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for index, r in enumerate(rows):  # a legend, not annotations: close points would overprint
@@ -138,6 +138,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[tuple[str, float, float]
             continue
         ax.scatter(r["rtf"], 100 * r["wer"], s=40, label=r["name"], **point_style(index))
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # RTFs span less than a decade: label 0.02, 0.05 ...
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("RTF (log scale, lower is faster)")
@@ -145,10 +146,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[tuple[str, float, float]
     ax.set_title("WER versus real-time factor")
     ax.grid(True, alpha=0.3)
     if ax.collections:  # nothing measured yet (the first rows skipped): no legend to draw
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
+        # under the axes, which keep their size however many rows the grid has (the saved
+        # image grows instead)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.12), frameon=False)
     with atomic_writer(out / "wer_vs_rtf.png", "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     drawn = [(points.get_label(), *map(float, points.get_offsets()[0])) for points in ax.collections]
     plt.close(fig)
     return drawn
