@@ -12,7 +12,7 @@ import soundfile
 import torch
 
 from dllm_asr.audio.features import SAMPLE_RATE
-from dllm_asr.audio.io import MIN_SAMPLES, load_audio
+from dllm_asr.audio.io import MIN_SAMPLES, load_audio, too_short
 from dllm_asr.data.manifests import DataError, LoadFn, Utterance, check_policy, handle_bad_item
 
 
@@ -35,8 +35,8 @@ def load_clip(utt: Utterance, sample_rate: int = 16000, load_fn: LoadFn | None =
         raise DataError(f"{label}: empty audio (0 samples from offset {utt.offset}s; file has "
                         f"{len(wave) / sample_rate:.3f}s)")
     if clip.size * SAMPLE_RATE < MIN_SAMPLES * sample_rate:  # the encoder would fail, and its batch with it
-        raise DataError(f"{label}: audio too short to transcribe ({1000 * clip.size / sample_rate:g} ms; "
-                        f"the least is {1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms)")
+        reason = too_short(utt.audio, round(clip.size * SAMPLE_RATE / sample_rate))
+        raise DataError(f"{utt.origin}: {reason}" if utt.origin else str(reason))
     return clip
 
 
