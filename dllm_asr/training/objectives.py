@@ -173,12 +173,11 @@ def response_loss(model, audio, texts: list[str], weighting: str = "llada", mask
     + 1); positions past it are neither attended to, masked nor scored. None: every row is as
     long as the micro-batch's, `encode_transcripts`' default.
     """
+    ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
     if model.config.objective == "ar":
-        ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
         ids = ids.to(model.device)
         valid = transcript_and_eos(ids, text_lengths)
         return next_token_loss(model.response_logits(audio, ids, causal=True), ids, valid)
-    ids, text_lengths = encode_transcripts(model.tokenizer, texts, model.eos_id)
     if block_lengths is None:
         row_lengths = None
         valid = torch.ones_like(ids, dtype=torch.bool)  # EOS padding is part of the answer (LLaDA)
