@@ -266,3 +266,59 @@ def test_the_strategy_table_holds_every_strategy_and_sets_its_own_decode_options
     assert got["threshold"].threshold == 0.7 and got["threshold"].num_blocks is None
     assert got["prior"].prior_guided and (got["prior"].margin, got["prior"].exit_threshold) == (3, 0.95)
     assert got["prior"].prune is False and all(o.steps == 4 for o in got.values())
+
+
+class _Tokenizer:
+    """Decodes ids through a fixed table, as a real tokenizer would for these ids."""
+    TABLE = {10: "Please", 11: " enter", 12: " followed", 13: " by", 14: " 5", 15: "."}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.TABLE[i] for i in ids)
+
+
+def test_collapse_repeats_drops_a_token_equal_to_the_one_before_it_but_not_a_number():
+    from types import SimpleNamespace
+
+    from dllm_asr.transcription.result import Transcript
+    from dllm_asr.transcription.strategies import collapse_repeats
+
+    tokens = [10, 11, 12, 12, 12, 13, 14, 14, 15, 15]
+    confidences = [0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.4, 0.3, 0.2, 0.1]
+    transcript = Transcript("unused", tokens, 3, 3, confidences=confidences)
+    untouched = Transcript("Please enter", [10, 11], 1, 1)
+    collapse_repeats(SimpleNamespace(tokenizer=_Tokenizer()), [transcript, untouched])
+    assert transcript.tokens == [10, 11, 12, 13, 14, 14, 15]
+    assert transcript.confidences == [0.9, 0.8, 0.7, 0.5, 0.4, 0.3, 0.2]  # each run keeps its first token's
+    assert transcript.text == "Please enter followed by 5 5."
+    assert (untouched.tokens, untouched.text) == ([10, 11], "Please enter")
+
+
+def test_collapse_repeats_applies_to_the_diffusion_strategies_only_when_asked(tiny_model, real_clips):
+    from dllm_asr.transcription.strategies import collapse_repeats
+
+    options = TranscribeOptions(strategy="diffusion", steps=4, length=12)
+    plain = transcribe_batch(tiny_model, real_clips, options)
+    repeated = sum(a == b for t in plain for a, b in zip(t.tokens, t.tokens[1:]))
+    assert repeated > 0  # the random model repeats tokens, so the option has work to do
+    collapsed = transcribe_batch(tiny_model, real_clips, TranscribeOptions(**{**options.__dict__, "collapse_repeats": True}))
+    collapse_repeats(tiny_model, plain)
+    assert [t.tokens for t in collapsed] == [t.tokens for t in plain]
+    assert [t.text for t in collapsed] == [t.text for t in plain]
+
+
+def test_the_shipped_models_default_decoding_collapses_the_example_clips_repeated_word():
+    """Its threshold decoding writes "jumps jumps" for the bundled example's "jumps" (kept by
+    `collapse_repeats=False`); the decoding the model's config names drops the repeat."""
+    from dllm_asr.config import DEFAULT_MODEL
+    from dllm_asr.transcription.long_form import cached_model
+    from dllm_asr.transcription.strategies import model_options
+
+    model = cached_model(DEFAULT_MODEL, "cpu")
+    example = load_audio(ASSETS / "example.wav")
+    shipped = model_options(model)
+    words = lambda options: transcribe_batch(model, [example], options)[0].text.lower().split()  # noqa: E731
+    kept = words(TranscribeOptions(**{**shipped.__dict__, "collapse_repeats": False}))
+    collapsed = words(shipped)
+    assert shipped.collapse_repeats and kept.count("jumps") == 2
+    assert collapsed.count("jumps") == 1 and collapsed[:2] == ["the", "quick"]
+    assert all(a != b for a, b in zip(collapsed, collapsed[1:]))

@@ -212,8 +212,9 @@ def test_words_are_timed_where_they_were_spoken(model, spoken_words):
         assert all(a.start <= b.start for a, b in itertools.pairwise(result.words))
     # The timing is scored on the AR transcript, so that what it measures is the alignment, not
     # the diffusion decoder's transcript of these isolated words: the deltas shipped since
-    # 2026-12-03 (tiny-en-blocks) repeat most words of this clip ("fish fish, and and, ..."), and a
-    # repeated word is matched to the wrong copy (worst error 0.96 s).
+    # 2026-12-03 (tiny-en-blocks) repeat words of this clip, and a repeated word is matched to the
+    # wrong copy (worst error 0.96 s with "fish fish, and and, ..."; 0.68 s since the default
+    # decoding collapses adjacent copies, which leaves "for, for" and "window, window").
     errors = np.abs(matched_errors(said, starts, result.words))
     # Measured (2-core CPU, torch 2.13): --strategy ar's transcript: 14 of 14 words matched, median
     # error 0.24 s, 7 within 0.25 s, worst 0.58 s (earlier diffusion deltas: 13 matched, median

@@ -76,6 +76,11 @@ class TranscribeOptions:
     shorter window costs less encoder work, but the decoder then repeats the word of one-word
     clips (held-out Asterisk prompts: 6.87% WER at 30 s, 7.76% at 20, 15.26% at 10;
     docs/default-model.md, "The AR decoder's window")."""
+    collapse_repeats: bool = False
+    """Diffusion strategies (not ar): a token equal to the token before it is dropped, so a run of
+    one token becomes one ("followed followed by" -> "followed by"); number tokens are kept
+    ("5 5"). Parallel decoding repeats a word when it places the words one slot off (the
+    repeated-token failure of non-autoregressive generation); docs/default-model.md, "Repeated words"."""
     word_timestamps: bool = False
     """Time each word (start, end, probability) from the pretrained Whisper decoder's alignment
     heads: one more decoder pass per segment (Whisper family only)."""

@@ -56,6 +56,22 @@ def _texts(model: SpeechLLM, result, traces: bool) -> list[Transcript]:
     return out
 
 
+def collapse_repeats(model: SpeechLLM, transcripts: list[Transcript]) -> None:
+    """Drop, in place, every token equal to the token before it, number tokens excepted (a digit
+    said twice, "5 5", is common speech; a word said twice is rare); text and confidences follow.
+    (`TranscribeOptions.collapse_repeats`.)"""
+    for transcript in transcripts:
+        tokens = transcript.tokens
+        keep = [i for i, token in enumerate(tokens)
+                if i == 0 or token != tokens[i - 1] or model.tokenizer.decode([token]).strip().isdigit()]
+        if len(keep) == len(tokens):
+            continue
+        transcript.tokens = [tokens[i] for i in keep]
+        if transcript.confidences is not None:
+            transcript.confidences = [transcript.confidences[i] for i in keep]
+        transcript.text = model.tokenizer.decode(transcript.tokens, skip_special_tokens=True).strip()
+
+
 def tokenize_texts(model: SpeechLLM, texts: Sequence[str], max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
     """Texts -> token ids (B, L) padded with EOS (each cut to `max_tokens`), lengths (B,)."""
     ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
@@ -135,6 +151,8 @@ def transcribe_windows(model: SpeechLLM, audios: Sequence[np.ndarray], options: 
     rows = torch.tensor(speech, device=audio.lengths.device)
     decoded = decode_speech(model, [clips[j] for j in speech], audio.select(rows), options,
                             None if priors is None else [priors[heard[j]] for j in speech])
+    if options.collapse_repeats and options.strategy != "ar":
+        collapse_repeats(model, decoded)
     if options.word_timestamps:
         attach_words(model, [clips[j] for j in speech], audio.select(rows), decoded)
     for j, transcript in zip(speech, decoded):
@@ -249,6 +267,8 @@ def _deliberate(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence
     result = deliberate(predictor, prior, lengths, decode_options(model, options), how.mask, how.ratio, how.chunks,
                         how.rules)
     transcripts = _texts(model, result, options.trace)
+    if options.collapse_repeats:
+        collapse_repeats(model, transcripts)
     if options.word_timestamps:  # timed against the real audio, even when the text was decoded without it
         attach_words(model, audios, heard, transcripts)
     return transcripts
