@@ -320,13 +320,14 @@ def run_reference(shim: ReferenceShim, lm: InputsEmbedsLM, model: SpeechLLM, aud
     return [response(row, model.eos_id) for row in out[:, offset:].tolist()]
 
 
-def run_engine(mode: EngineMode, model: SpeechLLM, audio: Tensor, gen_len: int, setting: Setting) -> list[tuple[int, ...]]:
-    """dllm-asr's engine on the same rows."""
+def run_engine(mode: EngineMode, model: SpeechLLM, audio: Tensor, gen_len: int, setting: Setting,
+               numerics: str = "exact") -> list[tuple[int, ...]]:
+    """dllm-asr's engine on the same rows (`numerics`: DecodeOptions.numerics)."""
     lengths = torch.full((audio.shape[0],), audio.shape[1], dtype=torch.long, device=audio.device)
     predictor = mode.predictor(model, AudioContext(audio, lengths))
     options = DecodeOptions(mask_id=model.mask_id, eos_id=model.eos_id, steps=setting.steps(gen_len),
                             block_length=setting.block_length,
-                            temperature=0.0, remasking="low_confidence", **mode.options)
+                            temperature=0.0, remasking="low_confidence", numerics=numerics, **mode.options)
     init = torch.full((audio.shape[0], gen_len), model.mask_id, dtype=torch.long, device=audio.device)
     with torch.no_grad():
         result = decode(predictor, init, options)
@@ -388,10 +389,9 @@ def identical(rows: list, baseline: list) -> str:
     return f"{sum(a == b for a, b in zip(rows, baseline))}/{len(rows)}"
 
 
-def table(results: dict[int, dict[str, Cell]], baseline: list) -> str:
-    """One setting's results as a Markdown table: per engine mode, "utt/s, speed-up over the
-    reference, rows identical to the reference run one row at a time"."""
-    engine = [m.name for m in ENGINE_MODES]
+def table(results: dict[int, dict[str, Cell]], baseline: list, engine: list[str]) -> str:
+    """One setting's results as a Markdown table: per engine mode of `engine`, "utt/s, speed-up
+    over the reference, rows identical to the reference run one row at a time"."""
     head = ["batch", "rows", "reference utt/s", "reference rows differing from its batch 1"] + engine
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for batch, cells in results.items():
@@ -432,6 +432,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", choices=[s.key for s in SETTINGS], default=[s.key for s in SETTINGS],
                         help="semi-ar: blocks of 32, one token per step; diffusion: one block, two tokens per step "
                              "(default: both)")
+    parser.add_argument("--modes", nargs="+", choices=[m.cache for m in ENGINE_MODES],
+                        default=[m.cache for m in ENGINE_MODES],
+                        help="the engine's cache modes to run (default: all; none is the exact one)")
+    parser.add_argument("--numerics", choices=["exact", "reference"], default="exact",
+                        help="the engine's DecodeOptions.numerics (default exact; reference = the softmax in "
+                             "the model's precision and topk's ties, as LLaDA's loop)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per system and batch size; median kept")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, prompt and audio")
     parser.add_argument("--logit-scale", type=float, default=4.0, help="std of the random network's logits")
@@ -454,7 +460,9 @@ def describe(args: argparse.Namespace, shape: Shape, dtype: torch.dtype, device:
         f"seed {args.seed}, logit scale {args.logit_scale}, EOS bias {args.eos_bias}",
         f"# sequence: prompt {shape.prompt_len} + audio {shape.audio_len} + response {args.gen_len}; "
         f"temperature 0, low_confidence remasking",
-        f"# {device}, torch {torch.__version__}, {args.threads} threads; median of {args.repeats} interleaved repeats",
+        f"# {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, torch {torch.__version__}, "
+        f"{args.threads} threads; median of {args.repeats} interleaved repeats; "
+        f"engine numerics {args.numerics}",
     ])
 
 
@@ -472,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     audio = random_audio(model, shape, rows, args.seed)
     shim, lm = ReferenceShim(reference, model.eos_id), InputsEmbedsLM(model.decoder)
     settings = [s for s in SETTINGS if s.key in args.settings]
+    modes = [m for m in ENGINE_MODES if m.cache in args.modes]
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -482,14 +491,15 @@ def main(argv: list[str] | None = None) -> None:
         title = setting.title(args.gen_len)
         log(f"{title}:")
         systems = {"reference": lambda a, s=setting: run_reference(shim, lm, model, a, args.gen_len, s)}
-        for mode in ENGINE_MODES:
-            systems[mode.name] = lambda a, s=setting, m=mode: run_engine(m, model, a, args.gen_len, s)
+        for mode in modes:
+            systems[mode.name] = lambda a, s=setting, m=mode: run_engine(m, model, a, args.gen_len, s, args.numerics)
         _, baseline = timed_pass(systems["reference"], audio, 1)  # the reference's own output, row by row
         results = {b: measure(systems, audio[: max(b, args.min_rows)], b, args.repeats, log)
                    for b in sorted(args.batch_sizes)}
-        print(f"## {title}\n\n{table(results, baseline)}\n\n{length_summary(baseline, args.gen_len)}\n",
+        print(f"## {title}\n\n{table(results, baseline, [m.name for m in modes])}\n\n{length_summary(baseline, args.gen_len)}\n",
               flush=True)
-    print(f"# total {time.perf_counter() - started:.0f} s")
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    print(f"# total {time.perf_counter() - started:.0f} s{peak}")
 
 
 if __name__ == "__main__":
