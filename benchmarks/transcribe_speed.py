@@ -10,7 +10,7 @@ Inputs, built under --out from a JSONL manifest ({"id", "audio", "text"} per lin
 
 Each system reads each input in a fresh child process of its own:
   * dllm-asr: the CLI, `python -m dllm_asr transcribe --device cpu --output-format json`, once per
-    --strategy ("default" = no --strategy flag, the model's own);
+    --strategy ("default" = no --strategy flag, the model's own) and --dtype;
   * faster-whisper: tiny.en int8 (the CTranslate2 model that `dllm_asr.evaluation.external` loads), greedy,
     `model.transcribe(path, beam_size=1, language="en")` with faster-whisper's own long-form
     defaults (30-s windows, condition_on_previous_text), one file after another for clips/.
@@ -153,9 +153,9 @@ def run_child(command: list[str], log: Path) -> tuple[int, float, float]:
     return child.returncode, wall, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def dllm_asr_command(source: Path, run_dir: Path, strategy: str, threads: int) -> list[str]:
+def dllm_asr_command(source: Path, run_dir: Path, strategy: str, threads: int, dtype: str = "auto") -> list[str]:
     command = [sys.executable, "-m", "dllm_asr", "transcribe", "--device", "cpu", "--threads", str(threads),
-               "--output-format", "json", "--output-dir", str(run_dir)]
+               "--dtype", dtype, "--output-format", "json", "--output-dir", str(run_dir)]
     if strategy != "default":
         command += ["--strategy", strategy]
     return command + [str(source)]
@@ -189,15 +189,16 @@ def benchmark(args: argparse.Namespace, out: Path, prepared: dict) -> list[Row]:
             out / "clips", sum(r["duration"] for r in clip_refs.values()),
             {stem: r["text"] for stem, r in clip_refs.items()}),
     }
-    systems = [(f"dllm-asr ({'model default' if s == 'default' else '--strategy ' + s})", s)
-               for s in args.strategy] + [("faster-whisper tiny.en int8", None)]
+    systems = [(f"dllm-asr ({'model default' if s == 'default' else '--strategy ' + s}, --dtype {d})", s, d)
+               for s in args.strategy for d in args.dtype] + [("faster-whisper tiny.en int8", None, None)]
     runs = []
-    for system, strategy in systems:
+    for system, strategy, dtype in systems:
         for index, (label, (source, seconds, refs)) in enumerate(inputs.items()):
-            run_dir = out / "runs" / f"{'fw' if strategy is None else strategy}-{['long', 'clips'][index]}"
+            name = "fw" if strategy is None else f"{strategy}-{dtype}"
+            run_dir = out / "runs" / f"{name}-{['long', 'clips'][index]}"
             run_dir.mkdir(parents=True)
             command = (faster_whisper_command(source, run_dir, prepared, args.threads) if strategy is None
-                       else dllm_asr_command(source, run_dir, strategy, args.threads))
+                       else dllm_asr_command(source, run_dir, strategy, args.threads, dtype))
             print(f"running {system} on {label} ...", flush=True)
             code, wall, rss = run_child(command, run_dir / "log.txt")
             if code != 0:
@@ -235,6 +236,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=100, help="number of short clips")
     p.add_argument("--strategy", nargs="+", default=["default", "ar"],
                    help="dllm-asr strategies to run, one child each ('default': the model's own)")
+    p.add_argument("--dtype", nargs="+", default=["auto"],
+                   help="dllm-asr --dtype values; each strategy runs once per dtype (auto: bfloat16 on a CPU "
+                        "with native bf16 matrix instructions, else float32)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both systems (0: each library's default)")
     return p.parse_args()
 

@@ -28,6 +28,9 @@ from dllm_asr.transcription.options import (CACHES, DELIBERATION_RULES, MASKINGS
                                             field_help, field_type)
 
 
+DTYPE_HELP = ("auto (bfloat16 on a CPU with native bf16 matrix instructions, else float32), "
+              "float32, bfloat16 or float16")
+
 CHOICES = {"strategy": STRATEGIES, "remasking": REMASKINGS, "numerics": NUMERICS, "cache": CACHES}
 """The decoding flags that take one of a fixed set of values."""
 
@@ -37,7 +40,7 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
     field's docstring."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or shipped model name")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     parser.add_argument("--batch-size", type=int, default=8, help="clips decoded together")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     helps = field_help(TranscribeOptions)
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add faster-whisper tiny.en (int8, greedy) on the same clips, timed the same way")
     p.add_argument("--reuse", action="store_true", help="keep rows already in OUT/results.csv; measure the rest")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--max-utterances", type=int, default=None, help="bench only the first N utterances")
     p.add_argument("--batch-size", type=int, default=8, help="clips decoded together")
     p.set_defaults(func=cmd_bench)

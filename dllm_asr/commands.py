@@ -161,6 +161,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         logging.getLogger("dllm_asr.data.manifests").removeHandler(skips)
     if not report.hyps:  # not "WER 0.00%" over nothing
         raise ValueError(no_utterance(args.data, skips.count))
+    # What ran, in report.md: `--dtype auto` depends on the CPU, so a figure needs its dtype beside it.
+    report.options = {"model": args.model, "dtype": str(model.decoder.dtype).removeprefix("torch."),
+                      "device": str(model.device), **report.options}
     report.write(args.out)
     print(report.summary())
     if args.audio_gain:

@@ -379,7 +379,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, limits: Se
 
     listening = listen_on(host, port)
     try:
-        model = load_model(model_path, device=device)
+        model = load_model(model_path, device=device, dtype="auto")
         app = create_app(model, limits, model_name=Path(str(model_path)).name)
         config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=int(limits.timeout_seconds),
                                 log_level=os.environ.get("DLLM_ASR_LOG_LEVEL", "info"))

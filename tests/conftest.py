@@ -12,6 +12,16 @@ from tests.helpers import ASSETS, DATA, tiny_model_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def float32_for_auto_dtype(monkeypatch):
+    """dtype "auto" (the CLI's default) is bfloat16 on CPUs with native bf16 matrix instructions;
+    the suite runs float32 on every machine, so that its outcomes do not depend on the CPU.
+    tests/test_whisper_diffusion.py checks the bfloat16 path itself."""
+    from dllm_asr.model.decoders import base
+
+    monkeypatch.setattr(base, "cpu_has_bf16_matmul", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     return tiny_model_config()

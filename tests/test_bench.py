@@ -89,3 +89,28 @@ def test_a_row_the_model_cannot_run_is_skipped_and_every_row_is_written_at_once(
     # A rerun with reuse measures nothing again: the row's figures are the stored ones.
     again = run_bench(str(tmp_path / "ckpt"), str(manifest), str(out), grid=str(grid), device="cpu", reuse=True)
     assert [r for r in again if r["name"] == "diffusion 1"][0]["rtf"] == measured["rtf"]
+
+
+def test_a_rows_dtype_loads_the_model_once_in_that_dtype(tiny_model, tmp_path, monkeypatch):
+    from dllm_asr.model import loading
+
+    save_model(tiny_model, tmp_path / "ckpt")
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": str(ASSETS / "example.wav"), "text": "the quick"}) + "\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("- {name: 'float32', strategy: diffusion, steps: 1, length: 4}\n"
+                    "- {name: 'bfloat16', strategy: diffusion, steps: 1, length: 4, dtype: bfloat16}\n"
+                    "- {name: 'bfloat16 again', strategy: diffusion, steps: 2, length: 4, dtype: bf16}\n"
+                    "- {name: 'float32 by name', strategy: diffusion, steps: 2, length: 4, dtype: float32}\n")
+    loads, load_model = [], loading.load_model
+
+    def recording_load(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        loads.append(model.decoder.dtype)
+        return model
+
+    monkeypatch.setattr(loading, "load_model", recording_load)
+    rows = run_bench(str(tmp_path / "ckpt"), str(manifest), str(tmp_path / "bench"), grid=str(grid), device="cpu")
+    assert loads == [torch.float32, torch.bfloat16]  # "auto" is float32 in the suite; bf16 once for two rows
+    assert [r["name"] for r in rows] == ["float32", "bfloat16", "bfloat16 again", "float32 by name"]
+    assert all(r["rtf"] > 0 for r in rows)

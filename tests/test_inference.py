@@ -96,6 +96,7 @@ def test_cli_transcribe_eval_and_score(tiny_model, tmp_path, capsys):
                  "--length", "4", "--out", str(tmp_path / "eval")]) == 0
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "whisper_english" in report and "RTF" in report
+    assert f"Options: model={tmp_path / 'ckpt'}, dtype=float32, device=cpu, strategy=" in report  # auto -> float32 here
     hyp = json.loads((tmp_path / "eval" / "hyps.jsonl").read_text())
     assert hyp["id"] == "ex" and hyp["ref"].startswith("The quick")
     capsys.readouterr()

@@ -238,6 +238,44 @@ def test_export_interpolates_the_adapted_decoder_toward_the_pretrained_one(tmp_p
     assert not (tmp_path / "bad").exists()
 
 
+def test_auto_dtype_is_bfloat16_only_on_a_cpu_with_bf16_matrix_instructions(monkeypatch):
+    from dllm_asr.cli import build_parser
+    from dllm_asr.model.decoders import base
+
+    for native, on_cpu in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(base, "cpu_has_bf16_matmul", lambda native=native: native)
+        assert base.resolve_dtype("auto", "cpu") == base.resolve_dtype("AUTO") == on_cpu
+        assert base.resolve_dtype("auto", "cuda:0") == torch.float32
+        assert base.resolve_dtype("float32", "cpu") == torch.float32  # a named dtype is kept
+    for command in (["transcribe", "x.wav"], ["eval", "--data", "d", "--out", "o"], ["bench", "--data", "d", "--out", "o"]):
+        assert build_parser().parse_args(command).dtype == "auto"
+    with pytest.raises(ValueError, match="use auto or one of"):
+        base.resolve_dtype("float8")
+
+
+def test_a_bfloat16_decoder_projects_onto_the_vocabulary_in_float32(whisper_model):
+    decoder = whisper_model.decoder
+    weight = decoder.embed_tokens.weight
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.data = weight.data.to(torch.bfloat16)
+            hidden = torch.randn(2, 3, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+            rows = weight[: decoder.vocab_size].float()
+            logits = decoder.logits(hidden)
+            assert logits.dtype == torch.float32
+            assert torch.equal(logits, hidden.float() @ rows.T)  # float32 products, not bf16-rounded logits
+            rounded = (hidden @ weight[: decoder.vocab_size].T).float()
+            assert not torch.equal(logits, rounded)
+            before = logits[..., 5]
+            weight[5] += 1.0  # changed in place (as training does): the float32 copy follows
+            after = decoder.logits(hidden)[..., 5]
+            assert torch.allclose(after, hidden.float() @ weight[5].float(), atol=1e-4)
+            assert not torch.allclose(after, before, atol=1.0)  # not the stale copy's
+    finally:
+        weight.data = original
+
+
 def test_annealed_attention_goes_from_causal_to_bidirectional(whisper_model):
     whisper_model.train()
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -20,6 +20,9 @@ from dllm_asr.evaluation.evaluate import EvalReport, evaluate_utterances
 from dllm_asr.files import atomic_writer, write_text_atomic
 from dllm_asr.transcription.options import DeliberationOptions
 from dllm_asr.transcription.options import TranscribeOptions
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_GRID: list[dict[str, Any]] = [
     {"name": "diffusion, 1 step", "strategy": "diffusion", "steps": 1},
@@ -65,7 +68,7 @@ def run_one(run: dict[str, Any], models: dict, utterances: list[Utterance], ar_h
 
         settings = {k: v for k, v in run.items() if k not in ("name", "external")}
         return evaluate_faster_whisper(utterances, FasterWhisperOptions(**settings))
-    settings = {k: v for k, v in run.items() if k not in ("name", "model", "deliberate", "prior")}
+    settings = {k: v for k, v in run.items() if k not in ("name", "model", "deliberate", "prior", "dtype")}
     options = TranscribeOptions(**settings)
     if run.get("model", "diffusion") not in models:
         raise ValueError("needs an AR model (--ar-model)")
@@ -156,26 +159,44 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[tuple[str, float, float]
     return drawn
 
 
+def load_models(model: str, ar_model: str | None, device: torch.device, dtype: torch.dtype) -> dict:
+    """{"diffusion": model, "ar": its AR baseline (a Whisper-family model is its own)}."""
+    from dllm_asr.model.loading import load_model
+
+    models = {"diffusion": load_model(model, device=device, dtype=dtype)}
+    if ar_model:
+        models["ar"] = load_model(ar_model, device=device, dtype=dtype)
+    elif models["diffusion"].supports_ar:
+        models["ar"] = models["diffusion"]
+    return models
+
+
 def run_bench(model: str, data: str, out: str, grid: str | None = None, device: str = "auto",
-              dtype: str = "float32", max_utterances: int | None = None, batch_size: int = 8,
+              dtype: str = "auto", max_utterances: int | None = None, batch_size: int = 8,
               ar_model: str | None = None, against: str | None = None, reuse: bool = False) -> list[dict[str, Any]]:
     """Run every grid entry on `data` and write the tables and the plot into `out` after each row.
 
     against="faster-whisper" adds faster-whisper tiny.en (int8) on the same clips. reuse=True keeps
     the rows an earlier run already wrote to `out`/results.csv and measures only the others (the
     AR-dependent rows then need the AR row to be measured again)."""
+    from dllm_asr.model.decoders.base import resolve_dtype
     from dllm_asr.training.distributed import pick_device
-    from dllm_asr.model.loading import load_model
 
     # The inputs first: a missing data set or a bad grid file is reported before any model loads.
     utterances = load_dataset(data, on_error="skip")[:max_utterances]
     if grid is not None:
         read_grid(grid, with_ar=False)
-    models = {"diffusion": load_model(model, device=pick_device(device), dtype=dtype)}
-    if ar_model:
-        models["ar"] = load_model(ar_model, device=pick_device(device), dtype=dtype)
-    elif models["diffusion"].supports_ar:  # the Whisper family carries its own AR baseline
-        models["ar"] = models["diffusion"]
+    device = pick_device(device)
+    loaded: dict[torch.dtype, dict] = {}
+
+    def models_in(name: str) -> dict:
+        """The models in dtype `name`, loaded once: a grid row's `dtype` compares dtypes in one run."""
+        chosen = resolve_dtype(name, device)
+        if chosen not in loaded:
+            loaded[chosen] = load_models(model, ar_model, device, chosen)
+        return loaded[chosen]
+
+    models = models_in(dtype)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, ar_hyps = read_measured_rows(out_dir) if reuse else [], None
@@ -184,7 +205,8 @@ def run_bench(model: str, data: str, out: str, grid: str | None = None, device: 
         if run["name"] in done:
             continue
         try:
-            report = run_one(run, models, utterances, ar_hyps, batch_size)
+            report = run_one(run, models_in(run["dtype"]) if "dtype" in run else models, utterances, ar_hyps,
+                             batch_size)
         except ValueError as err:  # a row this model cannot run: say so in the table, keep the rest
             rows.append({"name": run["name"], "note": str(err)})
             print(f"{run['name']:<45} skipped: {err}", flush=True)

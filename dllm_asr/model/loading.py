@@ -50,7 +50,7 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu",
     The encoder and decoder are loaded in `dtype` (bf16 saves memory for LLaDA-8B); the
     adapter, CTC head and LoRA weights are kept in float32 (they are the trained parameters).
     """
-    dtype = resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype, device)
     encoder = build_encoder(config, dtype)
     if config.decoder.kind == "whisper":
         return build_whisper_model(config, encoder, dtype).to(device)
@@ -132,7 +132,10 @@ def load_model(path_or_name: str | Path = DEFAULT_MODEL, device: str | torch.dev
     """Load a trained SpeechLLM: its config rebuilds the model, its deltas are loaded on top.
 
     `path_or_name` is a checkpoint directory (config.json + model.safetensors) or the name of a
-    model shipped with the package. Returns the model in eval mode.
+    model shipped with the package. `dtype` of the base weights: float32 by default (exact, the
+    same on every machine); "auto", as the CLI and `dllm_asr.transcribe` use, is bfloat16 on a CPU
+    with native bf16 matrix instructions (1.3-1.7 times faster, same WER), else float32. Returns the
+    model in eval mode.
     """
     directory = resolve_model_dir(path_or_name)
     if not (directory / CONFIG_FILE).is_file():

@@ -166,6 +166,11 @@ class WhisperTextDecoder(nn.Module):
         """The checkpoint's (layer, head) cross-attention heads that follow the speech in time
         (Whisper's `alignment_heads`); None: the checkpoint names none (see `word_alignment_heads`)."""
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The base weights' dtype (as the other decoders' `dtype`)."""
+        return self.embed_tokens.weight.dtype
+
     def init_mask_embedding(self) -> None:
         """Start [MASK] at the mean token embedding (a neutral point of the input space)."""
         with torch.no_grad():
@@ -260,8 +265,26 @@ class WhisperTextDecoder(nn.Module):
         return self.layer_norm(x), present
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """hidden (..., D) -> logits over text tokens and EOS (..., vocab_size), float32."""
-        return (hidden @ self.embed_tokens.weight[: self.vocab_size].T.to(hidden.dtype)).float()
+        """hidden (..., D) -> logits over text tokens and EOS (..., vocab_size), float32.
+
+        A bfloat16/float16 decoder still projects in float32: logits rounded to 8 bits of
+        mantissa tie near-equal tokens and confidences, which cost 0.6 WER points on real speech
+        (docs/default-model.md, "bfloat16 on a CPU"). The float32 copy of the vocabulary rows is
+        made once and remade only when the weights change (training)."""
+        weight = self.embed_tokens.weight[: self.vocab_size]
+        if weight.dtype == torch.float32:
+            return (hidden @ weight.T.to(hidden.dtype)).float()
+        return hidden.float() @ self._float32_vocabulary(weight).T
+
+    def _float32_vocabulary(self, weight: Tensor) -> Tensor:
+        """`weight` (vocab_size, D) in float32, cached while its storage and version stay the same."""
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return weight.float()  # a fresh copy, so that gradients reach the weights
+        key = (weight.data_ptr(), weight._version, weight.device, weight.shape)
+        cached = getattr(self, "_vocabulary_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._vocabulary_cache = (key, weight.float())
+        return cached[1]
 
 
 def _attention_keeping_weights(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
