@@ -244,7 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    serve(args.model, args.host, args.port, limits, device=pick_device(args.device))
+    serve(args.model, args.host, args.port, limits, device=pick_device(args.device), dtype=args.dtype)
     return 0
 
 

@@ -369,7 +369,7 @@ def trace_events(model, transcript: Transcript, options: TranscribeOptions, seco
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits = ServerLimits(),
-          device: str = "cpu") -> None:
+          device: str = "cpu", dtype: str = "auto") -> None:
     """Load the model and serve it until interrupted (SIGINT/SIGTERM finish in-flight requests).
 
     The port is taken before the model loads, so a busy one is reported at once, not after it."""
@@ -379,7 +379,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, limits: Se
 
     listening = listen_on(host, port)
     try:
-        model = load_model(model_path, device=device, dtype="auto")
+        model = load_model(model_path, device=device, dtype=dtype)
         app = create_app(model, limits, model_name=Path(str(model_path)).name)
         config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=int(limits.timeout_seconds),
                                 log_level=os.environ.get("DLLM_ASR_LOG_LEVEL", "info"))

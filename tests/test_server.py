@@ -161,6 +161,22 @@ def test_a_busy_port_is_reported_before_the_model_loads(monkeypatch, capsys):
     assert len(error.splitlines()) == 1
 
 
+@pytest.mark.parametrize("flags, dtype", [([], "auto"), (["--dtype", "float32"], "float32")])
+def test_serve_loads_the_model_in_the_dtype_asked_auto_by_default(monkeypatch, capsys, flags, dtype):
+    from dllm_asr import cli
+    from dllm_asr.model import loading
+
+    asked = []
+
+    def load_model(path, device, dtype):
+        asked.append(dtype)
+        raise ValueError("stop here")  # a load error: reported in one line, nothing served
+
+    monkeypatch.setattr(loading, "load_model", load_model)
+    assert cli.main(["serve", "--port", str(free_port()), *flags]) == 2
+    assert asked == [dtype] and "stop here" in capsys.readouterr().err
+
+
 def test_listen_on_binds_the_port_it_is_given():
     port = free_port()
     with listen_on("127.0.0.1", port) as listening:
