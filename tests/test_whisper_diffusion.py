@@ -249,7 +249,7 @@ def test_auto_dtype_is_bfloat16_only_on_a_cpu_with_bf16_matrix_instructions(monk
         assert base.resolve_dtype("float32", "cpu") == torch.float32  # a named dtype is kept
     for command in (["transcribe", "x.wav"], ["eval", "--data", "d", "--out", "o"], ["bench", "--data", "d", "--out", "o"]):
         assert build_parser().parse_args(command).dtype == "auto"
-    with pytest.raises(ValueError, match="use auto or one of"):
+    with pytest.raises(ValueError, match="--dtype float8: unknown dtype; use auto or one of"):
         base.resolve_dtype("float8")
 
 
@@ -267,6 +267,8 @@ def test_a_bfloat16_decoder_projects_onto_the_vocabulary_in_float32(whisper_mode
             assert torch.equal(logits, hidden.float() @ rows.T)  # float32 products, not bf16-rounded logits
             rounded = (hidden @ weight[: decoder.vocab_size].T).float()
             assert not torch.equal(logits, rounded)
+            table = weight[: decoder.vocab_size]  # the pretrained decoder shares the table, and its copy
+            assert whisper_model.base_decoder._float32_vocabulary(table) is decoder._float32_vocabulary(table)
             before = logits[..., 5]
             weight[5] += 1.0  # changed in place (as training does): the float32 copy follows
             after = decoder.logits(hidden)[..., 5]

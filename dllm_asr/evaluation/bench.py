@@ -205,8 +205,7 @@ def run_bench(model: str, data: str, out: str, grid: str | None = None, device: 
         if run["name"] in done:
             continue
         try:
-            report = run_one(run, models_in(run["dtype"]) if "dtype" in run else models, utterances, ar_hyps,
-                             batch_size)
+            report = run_one(run, models_in(run.get("dtype", dtype)), utterances, ar_hyps, batch_size)
         except ValueError as err:  # a row this model cannot run: say so in the table, keep the rest
             rows.append({"name": run["name"], "note": str(err)})
             print(f"{run['name']:<45} skipped: {err}", flush=True)

@@ -128,5 +128,5 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str | torch.device = 
         "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
     }
     if str(dtype).lower() not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto or one of {sorted(names)}")
+        raise ValueError(f"--dtype {dtype}: unknown dtype; use auto or one of {sorted(names)}")
     return names[str(dtype).lower()]

@@ -270,7 +270,8 @@ class WhisperTextDecoder(nn.Module):
         A bfloat16/float16 decoder still projects in float32: logits rounded to 8 bits of
         mantissa tie near-equal tokens and confidences, which cost 0.6 WER points on real speech
         (docs/default-model.md, "bfloat16 on a CPU"). The float32 copy of the vocabulary rows is
-        made once and remade only when the weights change (training)."""
+        made once and remade only when the weights change (training); it is kept on the embedding
+        module, which the adapted and the pretrained decoder share, so both use one copy."""
         weight = self.embed_tokens.weight[: self.vocab_size]
         if weight.dtype == torch.float32:
             return (hidden @ weight.T.to(hidden.dtype)).float()
@@ -281,9 +282,9 @@ class WhisperTextDecoder(nn.Module):
         if torch.is_grad_enabled() and weight.requires_grad:
             return weight.float()  # a fresh copy, so that gradients reach the weights
         key = (weight.data_ptr(), weight._version, weight.device, weight.shape)
-        cached = getattr(self, "_vocabulary_cache", None)
+        cached = getattr(self.embed_tokens, "float32_rows", None)
         if cached is None or cached[0] != key:
-            cached = self._vocabulary_cache = (key, weight.float())
+            cached = self.embed_tokens.float32_rows = (key, weight.float())
         return cached[1]
 
 
