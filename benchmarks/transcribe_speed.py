@@ -157,7 +157,7 @@ def dllm_asr_command(source: Path, run_dir: Path, strategy: str, threads: int, d
     command = [sys.executable, "-m", "dllm_asr", "transcribe", "--device", "cpu", "--threads", str(threads),
                "--dtype", dtype, "--output-format", "json", "--output-dir", str(run_dir)]
     if strategy != "default":
-        command += ["--strategy", strategy]
+        command += ["--strategy", *shlex.split(strategy)]  # "ar --ar-pad-to-seconds 10": a strategy and its flags
     return command + [str(source)]
 
 
@@ -194,7 +194,7 @@ def benchmark(args: argparse.Namespace, out: Path, prepared: dict) -> list[Row]:
     runs = []
     for system, strategy, dtype in systems:
         for index, (label, (source, seconds, refs)) in enumerate(inputs.items()):
-            name = "fw" if strategy is None else f"{strategy}-{dtype}"
+            name = "fw" if strategy is None else "-".join([*shlex.split(strategy), dtype]).replace("--", "")
             run_dir = out / "runs" / f"{name}-{['long', 'clips'][index]}"
             run_dir.mkdir(parents=True)
             command = (faster_whisper_command(source, run_dir, prepared, args.threads) if strategy is None
@@ -235,7 +235,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=10.0, help="length of the long file")
     p.add_argument("--clips", type=int, default=100, help="number of short clips")
     p.add_argument("--strategy", nargs="+", default=["default", "ar"],
-                   help="dllm-asr strategies to run, one child each ('default': the model's own)")
+                   help="dllm-asr strategies to run, one child each ('default': the model's own); a strategy may "
+                        "carry its flags, quoted: 'ar --ar-pad-to-seconds 10'")
     p.add_argument("--dtype", nargs="+", default=["auto"],
                    help="dllm-asr --dtype values; each strategy runs once per dtype (auto: bfloat16 on a CPU "
                         "with native bf16 matrix instructions, else float32)")

@@ -11,6 +11,7 @@ from dllm_asr.config import DecoderConfig, EncoderConfig, LoraAdapterConfig, Mod
 from dllm_asr.evaluation.metrics import normalize as normalize_text
 from dllm_asr.model.checkpoint import WEIGHTS_FILE, export_model, save_model
 from dllm_asr.model.loading import build_model, load_model
+from dllm_asr.model.decoders.whisper import EXACT_TOP_K
 from dllm_asr.model.whisper_fallback import ARSamples, compression_ratio
 from dllm_asr.transcription.long_form import transcribe_batch
 from dllm_asr.transcription.options import DeliberationOptions
@@ -168,6 +169,29 @@ def test_ar_pad_to_seconds_sets_the_window_whispers_decoder_reads(whisper_model,
     assert whisper_model.reads_ar_window(window, 10.0) and not whisper_model.reads_ar_window(window, 30.0)
 
 
+def test_a_narrow_ar_window_redecodes_from_30s_only_the_rows_that_fail_whispers_checks(whisper_model, example,
+                                                                                      monkeypatch):
+    """`ar_pad_to_seconds=10`: a row whose 10-s greedy transcript fails Whisper's checks (here its
+    compression ratio is made a loop's) is decoded again from the 30-s window, alone; the others
+    keep their 10-s transcripts."""
+    clips = [example, example[:16000]]
+    narrow = whisper_model.generate_ar(clips, 40, pad_to_seconds=10, fallback=False)
+    wide = whisper_model.generate_ar([clips[1]], 40, fallback=False)
+    sample = whisper_model._sample_ar
+
+    def second_row_loops_in_a_narrow_window(cross, *args, **kwargs):
+        samples = sample(cross, *args, **kwargs)
+        if cross.keys[0].shape[2] < 1500:
+            samples.ratios[1] = 3.0
+        return samples
+    monkeypatch.setattr(whisper_model, "_sample_ar", second_row_loops_in_a_narrow_window)
+    seen = record_encodes(whisper_model, monkeypatch)
+    cascaded = whisper_model.generate_ar(clips, 40, pad_to_seconds=10)
+    assert [n.tolist() for _, n in seen] == [[1000, 1000], [3000]]
+    assert cascaded[0] == narrow[0] and cascaded[1] == wide[0]
+    assert cascaded.nfe == narrow.nfe + wide.nfe
+
+
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])
 def test_every_strategy_decodes_the_whisper_model(whisper_model, example, strategy):
     result = transcribe_batch(whisper_model, [example, example[:16000]],
@@ -253,7 +277,7 @@ def test_auto_dtype_is_bfloat16_only_on_a_cpu_with_bf16_matrix_instructions(monk
         base.resolve_dtype("float8")
 
 
-def test_a_bfloat16_decoder_projects_onto_the_vocabulary_in_float32(whisper_model):
+def test_a_bfloat16_decoder_recomputes_each_positions_top_logits_in_float32(whisper_model):
     decoder = whisper_model.decoder
     weight = decoder.embed_tokens.weight
     original = weight.detach().clone()
@@ -263,17 +287,22 @@ def test_a_bfloat16_decoder_projects_onto_the_vocabulary_in_float32(whisper_mode
             hidden = torch.randn(2, 3, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
             rows = weight[: decoder.vocab_size].float()
             logits = decoder.logits(hidden)
+            exact, rounded = hidden.float() @ rows.T, (hidden @ weight[: decoder.vocab_size].T).float()
+            top = rounded.topk(EXACT_TOP_K, dim=-1).indices
             assert logits.dtype == torch.float32
-            assert torch.equal(logits, hidden.float() @ rows.T)  # float32 products, not bf16-rounded logits
-            rounded = (hidden @ weight[: decoder.vocab_size].T).float()
-            assert not torch.equal(logits, rounded)
+            # each position's top few are float32 products, not bf16-rounded logits; the rest are rounded
+            torch.testing.assert_close(logits.gather(-1, top), exact.gather(-1, top), rtol=0, atol=1e-5)
+            assert not torch.equal(rounded.gather(-1, top), exact.gather(-1, top))
+            assert torch.equal(logits.scatter(-1, top, 0.0), rounded.scatter(-1, top, 0.0))
+            assert torch.equal(logits.argmax(-1), exact.argmax(-1))
             table = weight[: decoder.vocab_size]  # the pretrained decoder shares the table, and its copy
             assert whisper_model.base_decoder._float32_vocabulary(table) is decoder._float32_vocabulary(table)
-            before = logits[..., 5]
-            weight[5] += 1.0  # changed in place (as training does): the float32 copy follows
-            after = decoder.logits(hidden)[..., 5]
-            assert torch.allclose(after, hidden.float() @ weight[5].float(), atol=1e-4)
-            assert not torch.allclose(after, before, atol=1.0)  # not the stale copy's
+            before = logits[0, 0, 5]
+            weight[5] = 0.2 * hidden[0, 0]  # changed in place (as training does); token 5 now tops position (0, 0)
+            after = decoder.logits(hidden)[0, 0]
+            assert int(after.argmax()) == 5
+            torch.testing.assert_close(after[5], hidden[0, 0].float() @ weight[5].float(), rtol=0, atol=1e-4)
+            assert not torch.allclose(after[5], before, atol=1.0)  # not the stale copy's
     finally:
         weight.data = original
 
@@ -383,3 +412,27 @@ def test_temperature_fallback_redecodes_only_failing_rows_and_is_repeatable(whis
     assert retried.nfe > looped.nfe and compression_ratio(text) < 2.4
     assert normalize_text(text) == normalize_text((ASSETS / "example.txt").read_text())
     assert whisper_model.generate_ar([example], 24) == retried
+
+
+def test_a_single_bfloat16_query_on_a_cpu_is_attended_written_out_and_agrees_with_float64(monkeypatch):
+    """The decoder's attention: the fused kernel, except for a single query (an AR step) in
+    bfloat16 on a CPU, where the fused kernel is slow: written out there (float32 softmax); both
+    agree with a float64 reference, and a masked key gets no weight."""
+    import torch.nn.functional as F
+    from dllm_asr.model.decoders import whisper
+
+    generator = torch.Generator().manual_seed(0)
+    queries, keys, values = (torch.randn(2, 6, length, 64, generator=generator) for length in (1, 50, 50))
+    mask = torch.ones(2, 1, 1, 50, dtype=torch.bool)
+    mask[1, ..., 30:] = False
+    expected = F.scaled_dot_product_attention(queries.double(), keys.double(), values.double(), attn_mask=mask)
+    torch.testing.assert_close(whisper._attention(queries, keys, values, mask).double(), expected, rtol=0, atol=1e-5)
+    weights = []
+    kept = whisper._attention(queries, keys, values, mask, weights)  # written out, to keep the weights
+    torch.testing.assert_close(kept.double(), expected, rtol=0, atol=1e-5)
+    assert weights[0].shape == (2, 6, 1, 50) and weights[0].dtype == torch.float32
+    assert torch.all(weights[0][1, ..., 30:] == 0)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: pytest.fail("fused kernel used in bf16"))
+    low = whisper._attention(queries.bfloat16(), keys.bfloat16(), values.bfloat16(), mask)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.double(), expected, rtol=0, atol=3e-2)

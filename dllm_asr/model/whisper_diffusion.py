@@ -30,7 +30,7 @@ from dllm_asr.model.decoders.causal import GeneratedTokens
 from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask,
                                word_alignment_heads)
 from dllm_asr.model.speech_llm import AudioContext, SpeechModel
-from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES
+from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES, NO_SPEECH_LIMIT
 from dllm_asr.transcription.options import TranscribeOptions
 
 
@@ -290,16 +290,42 @@ class WhisperDiffusionASR(SpeechModel):
         best = self._sample_ar(cross, prompt, limit, temperature=0.0)
         nfe = best.nfe
         if fallback:
-            generator = torch.Generator(device=self.device).manual_seed(0)  # the same transcript every run
-            for temperature in FALLBACK_TEMPERATURES:
-                redo = [i for i in range(len(audios)) if best.needs_fallback(i)]
-                if not redo:
-                    break
-                rows = torch.tensor(redo, device=self.device).repeat_interleave(FALLBACK_BEST_OF)
-                tried = self._sample_ar(cross.select(rows), prompt, limit, temperature, generator)
-                nfe += tried.nfe
-                best.keep_better(redo, tried.best_of(FALLBACK_BEST_OF))
+            rows = list(range(len(audios)))
+            if pad_to_seconds < CHUNK_SECONDS:
+                rows, cross, wide_nfe = self._doubtful_rows_from_30s(best, audios, prompt, limit)
+                nfe += wide_nfe
+            nfe += self._temperature_fallback(best, rows, cross, prompt, limit)
         return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs)
+
+    def _doubtful_rows_from_30s(self, best: ARSamples, audios: Sequence[np.ndarray], prompt: Tensor, limit: int
+                                ) -> tuple[list[int], CrossCache | None, int]:
+        """The rows of a narrow window's greedy pass that fail Whisper's checks (a loop, an
+        unlikely transcript) or sound silent, decoded greedily again from Whisper's 30-s window,
+        in place in `best`: the narrow window loops on one-word clips (docs/default-model.md, "The
+        AR decoder's window"). Returns those rows, their 30-s `CrossCache` and the passes made."""
+        rows = [i for i in range(len(audios)) if best.needs_fallback(i) or best.no_speech[i] > NO_SPEECH_LIMIT]
+        if not rows:
+            return rows, None, 0
+        cross = self._cross(self.encode_ar_window([audios[i] for i in rows]), self.base_decoder)
+        wide = self._sample_ar(cross, prompt, limit, temperature=0.0)
+        best.replace(rows, wide)
+        return rows, cross, wide.nfe
+
+    def _temperature_fallback(self, best: ARSamples, rows: list[int], cross: CrossCache | None, prompt: Tensor,
+                              limit: int) -> int:
+        """Whisper's temperature fallback for the rows `rows` of `best` (in place), whose audio
+        is `cross`'s rows in that order. Returns the forward passes it made."""
+        generator = torch.Generator(device=self.device).manual_seed(0)  # the same transcript every run
+        nfe = 0
+        for temperature in FALLBACK_TEMPERATURES:
+            redo = [j for j, i in enumerate(rows) if best.needs_fallback(i)]
+            if not redo:
+                break
+            picked = torch.tensor(redo, device=self.device).repeat_interleave(FALLBACK_BEST_OF)
+            tried = self._sample_ar(cross.select(picked), prompt, limit, temperature, generator)
+            nfe += tried.nfe
+            best.keep_better([rows[j] for j in redo], tried.best_of(FALLBACK_BEST_OF))
+        return nfe
 
     def ar_prompt_ids(self, initial_prompt: str | None = None) -> Tensor:
         """The pretrained decoder's whole prompt, (P,): Whisper's previous-text context for

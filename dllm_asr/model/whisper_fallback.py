@@ -60,13 +60,18 @@ class ARSamples:
                 for first in range(0, len(self.tokens), group)]
         return ARSamples(**{name: [getattr(self, name)[i] for i in keep] for name in self.ROW_FIELDS}, nfe=self.nfe)
 
+    def replace(self, rows: list[int], other: "ARSamples") -> None:
+        """Row rows[j] takes other's j-th transcript."""
+        for j, i in enumerate(rows):
+            for name in self.ROW_FIELDS:
+                getattr(self, name)[i] = getattr(other, name)[j]
+
     def keep_better(self, rows: list[int], tried: "ARSamples") -> None:
         """Row rows[j] takes tried's j-th transcript if it passes, or if neither passes and it is
         under the compression limit where the current one is not, or likelier."""
         for j, i in enumerate(rows):
             if not tried.needs_fallback(j) or self._is_better(tried, j, i):
-                for name in self.ROW_FIELDS:
-                    getattr(self, name)[i] = getattr(tried, name)[j]
+                self.replace([i], ARSamples(**{name: [getattr(tried, name)[j]] for name in self.ROW_FIELDS}, nfe=0))
 
     def _is_better(self, other: "ARSamples", j: int, i: int) -> bool:
         """Whether other's row j beats this row i, neither passing: under the compression limit first, then likelier."""

@@ -33,6 +33,8 @@ from dllm_asr.model.block_cache import scatter_columns
 from dllm_asr.model.decoders.base import DecoderLoadError
 
 
+EXACT_TOP_K = 4
+"""A reduced-precision decoder's logits recomputed in float32 per position (`WhisperTextDecoder.logits`)."""
 ENGLISH_ONLY_EOT = 50256
 """<|endoftext|>'s id in an English-only Whisper vocabulary (50257 in a multilingual one)."""
 
@@ -192,8 +194,9 @@ class WhisperTextDecoder(nn.Module):
         keys, values = [], []
         for layer in self.layers:
             attention = layer.encoder_attn
-            keys.append(self._heads(attention.k_proj(encoder_hidden)))
-            values.append(self._heads(attention.v_proj(encoder_hidden)))
+            # contiguous per head, so that each decoding step's product reads them without a copy
+            keys.append(self._heads(attention.k_proj(encoder_hidden)).contiguous())
+            values.append(self._heads(attention.v_proj(encoder_hidden)).contiguous())
         valid = torch.arange(frames, device=encoder_hidden.device)[None] < encoder_lengths.to(encoder_hidden.device)[:, None]
         return CrossCache(keys, values, valid[:, None, None, :])
 
@@ -248,17 +251,11 @@ class WhisperTextDecoder(nn.Module):
             attention = layer.self_attn
             keys, values = self_keys(index, self._heads(attention.k_proj(normed)), self._heads(attention.v_proj(normed)))
             present.append((keys, values))
-            context = F.scaled_dot_product_attention(self._heads(attention.q_proj(normed)), keys, values,
-                                                     attn_mask=self_mask)
+            context = _attention(self._heads(attention.q_proj(normed)), keys, values, self_mask)
             x = x + F.dropout(attention.out_proj(self._merge(context)), dropout, self.training)
             normed = layer.encoder_attn_layer_norm(x)
             queries = self._heads(layer.encoder_attn.q_proj(normed))
-            if cross_weights is None:
-                context = F.scaled_dot_product_attention(queries, cross.keys[index], cross.values[index],
-                                                         attn_mask=cross.mask)
-            else:
-                context = _attention_keeping_weights(queries, cross.keys[index], cross.values[index], cross.mask,
-                                                     cross_weights)
+            context = _attention(queries, cross.keys[index], cross.values[index], cross.mask, cross_weights)
             x = x + F.dropout(layer.encoder_attn.out_proj(self._merge(context)), dropout, self.training)
             hidden = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
             x = x + F.dropout(layer.fc2(hidden), dropout, self.training)
@@ -267,20 +264,28 @@ class WhisperTextDecoder(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden (..., D) -> logits over text tokens and EOS (..., vocab_size), float32.
 
-        A bfloat16/float16 decoder still projects in float32: logits rounded to 8 bits of
-        mantissa tie near-equal tokens and confidences, which cost 0.6 WER points on real speech
-        (docs/default-model.md, "bfloat16 on a CPU"). The float32 copy of the vocabulary rows is
-        made once and remade only when the weights change (training); it is kept on the embedding
-        module, which the adapted and the pretrained decoder share, so both use one copy."""
+        A bfloat16/float16 decoder projects in its own dtype, which is 4x faster than float32
+        on a CPU with bf16 matrix instructions, and then recomputes each position's
+        `EXACT_TOP_K` largest logits in float32: logits rounded to 8 bits of mantissa tie
+        near-equal tokens and confidences, which cost 0.6 WER points on real speech
+        (docs/default-model.md, "bfloat16 on a CPU"), and the decisions (argmax, confidence) are
+        made among the top few. The other logits keep their rounding (a relative error under
+        2^-8), which only the softmax's normaliser reads. With gradients the whole projection is
+        float32."""
         weight = self.embed_tokens.weight[: self.vocab_size]
         if weight.dtype == torch.float32:
             return (hidden @ weight.T.to(hidden.dtype)).float()
-        return hidden.float() @ self._float32_vocabulary(weight).T
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return hidden.float() @ weight.float().T
+        rounded = hidden @ weight.T
+        top = rounded.topk(EXACT_TOP_K, dim=-1).indices
+        exact = torch.einsum("...d,...kd->...k", hidden.float(), self._float32_vocabulary(weight)[top])
+        return rounded.float().scatter_(-1, top, exact)
 
     def _float32_vocabulary(self, weight: Tensor) -> Tensor:
-        """`weight` (vocab_size, D) in float32, cached while its storage and version stay the same."""
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return weight.float()  # a fresh copy, so that gradients reach the weights
+        """`weight` (vocab_size, D) in float32, cached while its storage and version stay the same.
+        The copy is kept on the embedding module, which the adapted and the pretrained decoder
+        share, so both use one."""
         key = (weight.data_ptr(), weight._version, weight.device, weight.shape)
         cached = getattr(self.embed_tokens, "float32_rows", None)
         if cached is None or cached[0] != key:
@@ -288,13 +293,24 @@ class WhisperTextDecoder(nn.Module):
         return cached[1]
 
 
-def _attention_keeping_weights(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
-                               weights: list[Tensor]) -> Tensor:
-    """Scaled dot-product attention written out, appending its probabilities (B, H, S, T) to
-    `weights`; queries (B, H, S, hd), keys/values (B, H, T, hd), mask (B, 1, 1, T) bool."""
+def _attention(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
+               weights: list[Tensor] | None = None) -> Tensor:
+    """Scaled dot-product attention: queries (B, H, S, hd), keys/values (B, H, T, hd), mask
+    broadcastable to (B, H, S, T), bool, True = may attend -> context (B, H, S, hd).
+
+    `weights`, if a list, receives the probabilities (B, H, S, T) in float32 (word timestamps).
+    PyTorch's fused kernel serves everything else except one case: a single query (a step of AR
+    decoding with a KV cache) in bfloat16/float16 on a CPU, where the fused kernel is 7x slower
+    than the product written out with a float32 softmax (docs/default-model.md, "bfloat16 on a CPU").
+    """
+    single_low_precision_query = (queries.shape[-2] == 1 and queries.dtype != torch.float32
+                                  and queries.device.type == "cpu")
+    if weights is None and not single_low_precision_query:
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
     scores = (queries @ keys.transpose(-1, -2)) * queries.shape[-1] ** -0.5
-    probs = scores.masked_fill(~mask, float("-inf")).float().softmax(-1)
-    weights.append(probs)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32)
+    if weights is not None:
+        weights.append(probs)
     return probs.to(values.dtype) @ values
 
 
