@@ -63,15 +63,18 @@ class ARSamples:
     def replace(self, rows: list[int], other: "ARSamples") -> None:
         """Row rows[j] takes other's j-th transcript."""
         for j, i in enumerate(rows):
-            for name in self.ROW_FIELDS:
-                getattr(self, name)[i] = getattr(other, name)[j]
+            self._take(i, other, j)
 
     def keep_better(self, rows: list[int], tried: "ARSamples") -> None:
         """Row rows[j] takes tried's j-th transcript if it passes, or if neither passes and it is
         under the compression limit where the current one is not, or likelier."""
         for j, i in enumerate(rows):
             if not tried.needs_fallback(j) or self._is_better(tried, j, i):
-                self.replace([i], ARSamples(**{name: [getattr(tried, name)[j]] for name in self.ROW_FIELDS}, nfe=0))
+                self._take(i, tried, j)
+
+    def _take(self, i: int, other: "ARSamples", j: int) -> None:
+        for name in self.ROW_FIELDS:
+            getattr(self, name)[i] = getattr(other, name)[j]
 
     def _is_better(self, other: "ARSamples", j: int, i: int) -> bool:
         """Whether other's row j beats this row i, neither passing: under the compression limit first, then likelier."""
