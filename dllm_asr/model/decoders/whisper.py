@@ -301,7 +301,8 @@ def _attention(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
     `weights`, if a list, receives the probabilities (B, H, S, T) in float32 (word timestamps).
     PyTorch's fused kernel serves everything else except one case: a single query (a step of AR
     decoding with a KV cache) in bfloat16/float16 on a CPU, where the fused kernel is 7x slower
-    than the product written out with a float32 softmax (docs/default-model.md, "bfloat16 on a CPU").
+    than the product written out with a float32 softmax (docs/default-model.md, "Two more bf16
+    speed-ups").
     """
     single_low_precision_query = (queries.shape[-2] == 1 and queries.dtype != torch.float32
                                   and queries.device.type == "cpu")
