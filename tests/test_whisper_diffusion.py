@@ -166,7 +166,34 @@ def test_ar_pad_to_seconds_sets_the_window_whispers_decoder_reads(whisper_model,
     transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="prior", pad_to_seconds=5, ar_pad_to_seconds=10))
     assert [n.tolist() for _, n in seen] == [[500, 500], [1000, 1000]]  # the diffusion decoder's 5 s, then the AR window
     window = whisper_model.encode_ar_window(clips, 10.0)
-    assert whisper_model.reads_ar_window(window, 10.0) and not whisper_model.reads_ar_window(window, 30.0)
+    assert whisper_model.reads_ar_window(window, 10.0) and window.lengths.tolist() == [1500, 1500]
+
+
+def test_a_narrow_ar_window_is_whispers_1500_frames_the_rest_from_a_window_of_padding(whisper_model, example):
+    """Under 30 s, the AR window holds each clip's own encoder frames (zero frames appended up to
+    the window), then, from that row's length on, the encoder's output for a 30-s window of zero
+    frames: the 1500 frames Whisper's decoder was trained to read."""
+    clips = [example, example[:16000]]
+    own = whisper_model.encode_audio(clips, pad_to_seconds=3.0)
+    window = whisper_model.encode_ar_window(clips, 3.0)
+    silent = whisper_model.encode(torch.zeros(1, whisper_model.encoder.n_mels, 3000), torch.tensor([3000])).embeds
+    assert own.lengths[1] == 150 < own.lengths[0]  # the 3.8-s example runs past the window
+    assert window.embeds.shape[:2] == (2, 1500) and window.lengths.tolist() == [1500, 1500]
+    for row, n in enumerate(own.lengths.tolist()):
+        assert torch.equal(window.embeds[row, :n], own.embeds[row, :n])
+        torch.testing.assert_close(window.embeds[row, n:], silent[0, n:])
+    assert whisper_model.silent_window_states() is whisper_model.silent_window_states()  # encoded once
+    assert whisper_model.complete_with_silence(window) is window
+
+
+def test_a_10s_ar_window_completed_with_silence_transcribes_real_speech_as_the_30s_window(whisper_model, example):
+    """The fast path's tolerance: the same words (after the Whisper normaliser) as Whisper's 30-s
+    window, on the example recording and on its first second alone."""
+    clips = [example, example[:16000]]
+    plain = whisper_model.generate_ar(clips, 40, fallback=False)
+    fast = whisper_model.generate_ar(clips, 40, pad_to_seconds=10, fallback=False)
+    words = [[normalize_text(whisper_model.tokenizer.decode(row)) for row in rows] for rows in (plain, fast)]
+    assert words[0] == words[1] and words[0][1] in {"the quick ground", "the quick brown"}
 
 
 def test_a_narrow_ar_window_redecodes_from_30s_only_the_rows_that_fail_whispers_checks(whisper_model, example,
@@ -178,16 +205,18 @@ def test_a_narrow_ar_window_redecodes_from_30s_only_the_rows_that_fail_whispers_
     narrow = whisper_model.generate_ar(clips, 40, pad_to_seconds=10, fallback=False)
     wide = whisper_model.generate_ar([clips[1]], 40, fallback=False)
     sample = whisper_model._sample_ar
+    passes = []
 
     def second_row_loops_in_a_narrow_window(cross, *args, **kwargs):
         samples = sample(cross, *args, **kwargs)
-        if cross.keys[0].shape[2] < 1500:
+        if not passes:  # the first pass is the narrow window's
             samples.ratios[1] = 3.0
+        passes.append(cross.keys[0].shape[0])
         return samples
     monkeypatch.setattr(whisper_model, "_sample_ar", second_row_loops_in_a_narrow_window)
     seen = record_encodes(whisper_model, monkeypatch)
     cascaded = whisper_model.generate_ar(clips, 40, pad_to_seconds=10)
-    assert [n.tolist() for _, n in seen] == [[1000, 1000], [3000]]
+    assert [n.tolist() for _, n in seen] == [[1000, 1000], [3000]] and passes == [2, 1]
     assert cascaded[0] == narrow[0] and cascaded[1] == wide[0]
     assert cascaded.nfe == narrow.nfe + wide.nfe
 

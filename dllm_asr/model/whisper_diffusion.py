@@ -116,15 +116,50 @@ class WhisperDiffusionASR(SpeechModel):
         return super().encode_for(audios, options)
 
     def encode_ar_window(self, audios: Sequence[np.ndarray], pad_to_seconds: float = 30.0) -> AudioContext:
-        """What Whisper's pretrained decoder reads: each clip with zero frames appended up to
-        `pad_to_seconds` (at 30 s, Whisper's window: longer clips trimmed to it)."""
+        """What Whisper's pretrained decoder reads: Whisper's full window of encoder frames (1500).
+        At 30 s, each clip with zero log-mel frames appended up to 30 s (longer clips trimmed to
+        it), as Whisper encodes it. Shorter: each clip encoded with zero frames up to
+        `pad_to_seconds` only, its encoder output then completed to the full window with the
+        encoder's output for a window of padding (`complete_with_silence`): S/30 of the encoder
+        work, and the decoder reads the 1500 frames it was trained on (docs/default-model.md,
+        "A narrow window completed with silence")."""
         if pad_to_seconds >= CHUNK_SECONDS:
             return self.encode(*self.features(audios, pad_to_30s=True))
-        return self.encode_audio(audios, pad_to_seconds)
+        return self.complete_with_silence(self.encode_audio(audios, pad_to_seconds))
+
+    def complete_with_silence(self, audio: AudioContext) -> AudioContext:
+        """`audio` (B, N, d) -> (B, W, d), W = Whisper's window of encoder frames (1500): each row's
+        valid frames, then the silent window's frames from that row's length on
+        (`silent_window_states`). Rows are then all W long; the CTC outputs and encoder lengths
+        stay the clip's own. `audio` itself when every row is W long already."""
+        width = self.encoder.num_frames_max // 2
+        if bool((audio.lengths >= width).all()):
+            return audio
+        silent = self.silent_window_states()
+        embeds = nn.functional.pad(audio.embeds[:, :width], (0, 0, 0, width - min(audio.embeds.shape[1], width)))
+        valid = torch.arange(width, device=embeds.device)[None, :, None] < audio.lengths[:, None, None]
+        completed = torch.where(valid, embeds, silent.to(embeds.dtype))
+        full = torch.full_like(audio.lengths, width)
+        return AudioContext(completed, full, audio.ctc_log_probs,
+                            audio.lengths if audio.encoder_lengths is None else audio.encoder_lengths)
+
+    def silent_window_states(self) -> Tensor:
+        """The encoder's output (1, W, d) for a 30-s window of zero log-mel frames (the padding
+        `encode_ar_window` appends), cached while the encoder's weights stay the same."""
+        weight = next(self.encoder.parameters())
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        cached = getattr(self, "_silent_window", None)
+        if cached is None or cached[0] != key:
+            frames = self.encoder.num_frames_max
+            features = torch.zeros(1, self.encoder.n_mels, frames, device=self.device)
+            with torch.no_grad():
+                hidden, _ = self.encode_hidden(features, torch.tensor([frames], device=self.device))
+            cached = self._silent_window = (key, hidden)
+        return cached[1]
 
     def reads_ar_window(self, audio: AudioContext, pad_to_seconds: float = 30.0) -> bool:
         """Whether every row of `audio` is at least the AR window of `pad_to_seconds` long, so
-        that `generate_ar` can read it as it is."""
+        that `generate_ar` can read it as it is (completed with silence if shorter than 30 s)."""
         window = min(num_frames(round(pad_to_seconds * SAMPLE_RATE)), self.encoder.num_frames_max) // 2
         return bool((audio.lengths >= window).all())
 
@@ -284,7 +319,7 @@ class WhisperDiffusionASR(SpeechModel):
             raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
         if audio is None or not self.reads_ar_window(audio, pad_to_seconds):
             audio = self.encode_ar_window(audios, pad_to_seconds)
-        cross = self._cross(audio, self.base_decoder)
+        cross = self._cross(self.complete_with_silence(audio), self.base_decoder)
         prompt = self.ar_prompt_ids(initial_prompt)
         limit = min(max_new_tokens, self.base_decoder.max_positions - prompt.shape[0])
         best = self._sample_ar(cross, prompt, limit, temperature=0.0)
@@ -301,8 +336,8 @@ class WhisperDiffusionASR(SpeechModel):
                                 ) -> tuple[list[int], CrossCache | None, int]:
         """The rows of a narrow window's greedy pass that fail Whisper's checks (a loop, an
         unlikely transcript) or sound silent, decoded greedily again from Whisper's 30-s window,
-        in place in `best`: the narrow window loops on one-word clips (docs/default-model.md, "The
-        AR decoder's window"). Returns those rows, their 30-s `CrossCache` and the passes made."""
+        in place in `best`: the safety net under a narrow window (docs/default-model.md, "The AR
+        decoder's window"). Returns those rows, their 30-s `CrossCache` and the passes made."""
         rows = [i for i in range(len(audios)) if best.needs_fallback(i) or best.no_speech[i] > NO_SPEECH_LIMIT]
         if not rows:
             return rows, None, 0

@@ -73,10 +73,11 @@ class TranscribeOptions:
     ar_pad_to_seconds: float = 30.0
     """Whisper's pretrained decoder (--strategy ar, and prior's AR prior) reads each clip with
     zero log-mel frames appended up to this length: Whisper's own 30-s window by default. A
-    shorter window costs less encoder work, but the decoder then repeats or misreads the word of
-    one-word clips; rows whose transcript fails Whisper's checks are decoded again from the 30-s
-    window (held-out Asterisk prompts, bf16: 6.94% WER at 30 s, 7.63% at 20, 8.83% at 10;
-    docs/default-model.md, "The AR decoder's window")."""
+    shorter window costs S/30 of the encoder work; its encoder output is completed to Whisper's
+    1500 frames with the encoder's output for a window of padding, and rows whose transcript fails
+    Whisper's checks are decoded again from the 30-s window (held-out Asterisk prompts, bf16:
+    about the 30-s window's WER at 10 s; docs/default-model.md, "A narrow window completed with
+    silence")."""
     collapse_repeats: bool = False
     """Diffusion strategies (not ar): a token equal to the token before it is dropped, so a run of
     one token becomes one ("followed followed by" -> "followed by"); number tokens are kept
