@@ -196,6 +196,29 @@ def test_a_10s_ar_window_completed_with_silence_transcribes_real_speech_as_the_3
     assert words[0] == words[1] and words[0][1] in {"the quick ground", "the quick brown"}
 
 
+def test_ar_timestamps_decodes_with_whispers_time_tokens_and_drops_them(whisper_model, example, monkeypatch):
+    """`ar_timestamps`: the prompt leaves out <|notimestamps|>, the first token written is a time
+    token, the rows keep only text tokens (confidences aligned with them), and the example reads
+    the same words as without timestamps."""
+    with pytest.raises(ValueError, match="--ar-timestamps"):
+        TranscribeOptions(strategy="threshold", ar_timestamps=True)
+    clips = [example, example[:16000]]
+    plain = whisper_model.generate_ar(clips, 40)
+    fed = []
+    forward = whisper_model.base_decoder.forward
+    monkeypatch.setattr(whisper_model.base_decoder, "forward", lambda ids, *a, **k: fed.append(ids) or forward(ids, *a, **k))
+    timed = whisper_model.generate_ar(clips, 40, timestamps=True)
+    assert fed[0][0].tolist() == whisper_model.base_prompt_ids.tolist()[:-1]
+    assert (fed[1][:, 0] > whisper_model.tokenizer.no_timestamps).all()  # time tokens fed back as themselves
+    assert all(token < whisper_model.eos_id for row in timed for token in row)
+    assert [len(c) for c in timed.confidences] == [len(row) for row in timed]
+    words = [[normalize_text(whisper_model.tokenizer.decode(row)) for row in rows] for rows in (plain, timed)]
+    assert words[0] == words[1]
+    monkeypatch.undo()
+    through_options = transcribe_batch(whisper_model, clips, TranscribeOptions(strategy="ar", ar_timestamps=True))
+    assert [r.tokens for r in through_options] == list(timed)
+
+
 def test_a_narrow_ar_window_redecodes_from_30s_only_the_rows_that_fail_whispers_checks(whisper_model, example,
                                                                                       monkeypatch):
     """`ar_pad_to_seconds=10`: a row whose 10-s greedy transcript fails Whisper's checks (here its

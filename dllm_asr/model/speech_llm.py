@@ -167,13 +167,16 @@ class SpeechLLM(SpeechModel):
 
     def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
                     audio: AudioContext | None = None, initial_prompt: str | None = None,
-                    pad_to_seconds: float = 0.0) -> GeneratedTokens:
+                    pad_to_seconds: float = 0.0, timestamps: bool = False) -> GeneratedTokens:
         """Autoregressive decoding after the `[prompt | audio]` prefix (the Whisper-LLaMA baseline).
         `audio`: the clips already encoded (`encode_audio(audios)`), to save the encoder pass.
-        `initial_prompt`: refused; only the Whisper family was trained with previous-text context.
+        `initial_prompt`, `timestamps`: refused; only the Whisper family was trained with
+        previous-text context and time tokens.
         `pad_to_seconds`: unused (its decoder reads the audio as it was trained, `features`)."""
         if initial_prompt:
             raise ValueError("--initial-prompt: only Whisper-family models take a previous-text prompt")
+        if timestamps:
+            raise ValueError("--ar-timestamps: only Whisper-family models decode with time tokens")
         embeds, mask = self.prefix(self.encode_audio(audios) if audio is None else audio)
         return ar_generate(self.decoder, embeds, mask, max_new_tokens, num_beams, self.eos_id)
 

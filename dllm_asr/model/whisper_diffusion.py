@@ -31,7 +31,13 @@ from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, Whi
                                word_alignment_heads)
 from dllm_asr.model.speech_llm import AudioContext, SpeechModel
 from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES, NO_SPEECH_LIMIT
+from dllm_asr.model.whisper_timestamps import apply_timestamp_rules
 from dllm_asr.transcription.options import TranscribeOptions
+
+
+TIMESTAMP_ROOM = 24
+"""Decoding with timestamps: steps allowed beyond the text's token limit, for the time tokens
+(two a segment)."""
 
 
 class WhisperDiffusionASR(SpeechModel):
@@ -306,22 +312,26 @@ class WhisperDiffusionASR(SpeechModel):
     @torch.no_grad()
     def generate_ar(self, audios: Sequence[np.ndarray], max_new_tokens: int, num_beams: int = 1,
                     audio: AudioContext | None = None, fallback: bool = True,
-                    initial_prompt: str | None = None, pad_to_seconds: float = 30.0) -> GeneratedTokens:
+                    initial_prompt: str | None = None, pad_to_seconds: float = 30.0,
+                    timestamps: bool = False) -> GeneratedTokens:
         """Whisper's own decoding with the pretrained decoder and a KV cache, on input padded to
         `pad_to_seconds` (Whisper's 30-s window by default; `encode_ar_window`): greedy, with
-        Whisper's temperature fallback (`fallback`; see `FALLBACK_TEMPERATURES`). Special,
-        timestamp and non-speech symbol tokens are suppressed, and EOS and a lone space at the
-        first step (Whisper's suppress_blank). `audio`: the clips already encoded, reused when
+        Whisper's temperature fallback (`fallback`; see `FALLBACK_TEMPERATURES`). Special and
+        non-speech symbol tokens are suppressed (time tokens too, unless `timestamps`), and EOS
+        and a lone space at the first step (Whisper's suppress_blank). `audio`: the clips already encoded, reused when
         every row is at least that window long (`reads_ar_window`). `initial_prompt`: text given
-        to every row as Whisper's previous-text context (`ar_prompt_ids`). Returns one token list
-        per row and `.nfe` (forward passes of the network, fallback passes included)."""
+        to every row as Whisper's previous-text context (`ar_prompt_ids`). `timestamps`: decode
+        with Whisper's time tokens (`whisper_timestamps`), as its `transcribe` does by default,
+        then drop them. Returns one token list per row (text tokens) and `.nfe` (forward passes
+        of the network, fallback passes included)."""
         if num_beams != 1:
             raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
         if audio is None or not self.reads_ar_window(audio, pad_to_seconds):
             audio = self.encode_ar_window(audios, pad_to_seconds)
         cross = self._cross(self.complete_with_silence(audio), self.base_decoder)
-        prompt = self.ar_prompt_ids(initial_prompt)
-        limit = min(max_new_tokens, self.base_decoder.max_positions - prompt.shape[0])
+        prompt = self.ar_prompt_ids(initial_prompt, timestamps)
+        room = TIMESTAMP_ROOM if timestamps else 0
+        limit = min(max_new_tokens + room, self.base_decoder.max_positions - prompt.shape[0])
         best = self._sample_ar(cross, prompt, limit, temperature=0.0)
         nfe = best.nfe
         if fallback:
@@ -362,23 +372,30 @@ class WhisperDiffusionASR(SpeechModel):
             best.keep_better([rows[j] for j in redo], tried.best_of(FALLBACK_BEST_OF))
         return nfe
 
-    def ar_prompt_ids(self, initial_prompt: str | None = None) -> Tensor:
+    def ar_prompt_ids(self, initial_prompt: str | None = None, timestamps: bool = False) -> Tensor:
         """The pretrained decoder's whole prompt, (P,): Whisper's previous-text context for
         `initial_prompt` (<|startofprev|> and at most the text's last max_positions // 2 - 1
-        tokens, Whisper's cut), then `base_prompt_ids`."""
+        tokens, Whisper's cut), then `base_prompt_ids` (without its closing <|notimestamps|>
+        when decoding with `timestamps`)."""
         context = self.tokenizer.previous_text_ids(initial_prompt, self.base_decoder.max_positions // 2 - 1)
-        return torch.cat([torch.tensor(context, dtype=torch.long, device=self.device), self.base_prompt_ids])
+        base = self.base_prompt_ids[:-1] if timestamps else self.base_prompt_ids
+        return torch.cat([torch.tensor(context, dtype=torch.long, device=self.device), base])
 
     def _sample_ar(self, cross: CrossCache, prompt: Tensor, limit: int, temperature: float,
                    generator: torch.Generator | None = None) -> "ARSamples":
         """One causal decoding pass over every row of `cross` after `prompt` (P,): greedy at
-        temperature 0, sampled from softmax(logits / temperature) otherwise."""
+        temperature 0, sampled from softmax(logits / temperature) otherwise. A prompt without
+        <|notimestamps|> (`ar_prompt_ids(..., timestamps=True)`) decodes with Whisper's time
+        tokens under its timestamp rules; they are dropped from the rows, and their
+        log-probabilities from the rows' sums."""
         decoder = self.base_decoder
+        timestamps = int(prompt[-1]) != self.tokenizer.no_timestamps
         batch = cross.mask.shape[0]
         ids = prompt[None].expand(batch, -1)
         positions = torch.arange(ids.shape[1], device=self.device)[None].expand(batch, -1)
         hidden, past = decoder(ids, positions, causal_mask(ids.shape[1], 0, self.device), cross)
-        start = ids.shape[1] - self.base_prompt_ids.shape[0]  # <|startoftranscript|>, after any context
+        start = int((prompt == self.tokenizer.sot).nonzero()[-1])  # <|startoftranscript|>, after any context
+        first_time = decoder.vocab_size  # compact id of the 0.00-s time token (ids below: text and EOS)
         no_speech = self._no_speech_after_start(hidden[:, start])
         out = torch.full((batch, 0), self.eos_id, dtype=torch.long, device=self.device)
         logprob = torch.zeros(batch, device=self.device)
@@ -389,6 +406,9 @@ class WhisperDiffusionASR(SpeechModel):
             logits = self.suppress(decoder.logits(hidden[:, -1]))
             if step == 0:  # Whisper's suppress_blank
                 logits[:, [self.eos_id, self.tokenizer.blank]] = float("-inf")
+            if timestamps:
+                logits = apply_timestamp_rules(torch.cat([logits, self._time_logits(hidden[:, -1])], dim=-1),
+                                               out.tolist(), first_time, self.eos_id)
             if temperature > 0:
                 probs = (logits / temperature).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator)[:, 0]
@@ -397,19 +417,28 @@ class WhisperDiffusionASR(SpeechModel):
             token = token.masked_fill(done, self.eos_id)
             token_logprob = logits.log_softmax(-1).gather(1, token[:, None])[:, 0]
             token_probs.append(token_logprob.exp())
-            logprob += token_logprob.masked_fill(done, 0.0)
+            logprob += token_logprob.masked_fill(done | (token >= first_time), 0.0)
             out = torch.cat([out, token[:, None]], dim=1)
             done |= token == self.eos_id
             if bool(done.all()) or step == limit - 1:
                 break
             position = torch.full((batch, 1), ids.shape[1] + step, device=self.device)
-            hidden, past = decoder(token[:, None], position, causal_mask(1, past[0][0].shape[2], self.device),
+            fed = torch.where(token >= first_time, token - first_time + self.tokenizer.no_timestamps + 1, token)
+            hidden, past = decoder(fed[:, None], position, causal_mask(1, past[0][0].shape[2], self.device),
                                    cross, past)
             nfe += 1
         rows = [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in out.tolist()]
         probs = torch.stack(token_probs, dim=1).tolist() if token_probs else [[] for _ in rows]
-        return ARSamples.scored(rows, logprob.tolist(), no_speech.tolist(), self.tokenizer.decode, nfe,
-                                [p[: len(row)] for p, row in zip(probs, rows)])
+        text = [[j for j, token in enumerate(row) if token < first_time] for row in rows]
+        return ARSamples.scored([[row[j] for j in keep] for row, keep in zip(rows, text)], logprob.tolist(),
+                                no_speech.tolist(), self.tokenizer.decode, nfe,
+                                [[p[j] for j in keep] for p, keep in zip(probs, text)])
+
+    def _time_logits(self, hidden: Tensor) -> Tensor:
+        """hidden (B, D) -> float32 logits (B, 1501) of Whisper's time tokens 0.00 ... 30.00 s,
+        which `WhisperTextDecoder.logits` leaves out."""
+        rows = self.base_decoder.embed_tokens.weight[self.tokenizer.no_timestamps + 1:]
+        return hidden.float() @ rows.float().T
 
 
 class WhisperCacheBackend:

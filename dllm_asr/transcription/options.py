@@ -78,6 +78,11 @@ class TranscribeOptions:
     Whisper's checks are decoded again from the 30-s window (held-out Asterisk prompts, bf16:
     about the 30-s window's WER at 10 s; docs/default-model.md, "A narrow window completed with
     silence")."""
+    ar_timestamps: bool = False
+    """Whisper's pretrained decoder decodes with its time tokens, under Whisper's timestamp rules
+    (its `transcribe` default, and faster-whisper's), and they are dropped from the transcript:
+    greedy decoding without them (the default, `<|notimestamps|>`) sometimes ends a window early
+    or skips a sentence (docs/default-model.md, "Decoding with timestamps")."""
     collapse_repeats: bool = False
     """Diffusion strategies (not ar): a token equal to the token before it is dropped, so a run of
     one token becomes one ("followed followed by" -> "followed by"); number tokens are kept
@@ -119,6 +124,8 @@ class TranscribeOptions:
         if self.initial_prompt and self.strategy not in ("ar", "prior"):
             raise ValueError("--initial-prompt: only --strategy ar and --strategy prior (its AR prior) use it; "
                              "the diffusion decoder was not trained with previous-text context")
+        if self.ar_timestamps and self.strategy not in ("ar", "prior"):
+            raise ValueError("--ar-timestamps: only --strategy ar and --strategy prior (its AR prior) use it")
         if self.temperature < 0 or self.margin < 0 or self.tokens_per_second <= 0:
             raise ValueError("--temperature and --margin must be >= 0 and --tokens-per-second > 0, got "
                              f"{self.temperature}, {self.margin}, {self.tokens_per_second}")

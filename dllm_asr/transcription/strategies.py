@@ -118,7 +118,7 @@ def model_priors(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioCon
     if model.supports_ar:
         max_new = int(block_lengths(model, audios, options).max())
         rows = model.generate_ar(audios, max_new, audio=audio, initial_prompt=options.initial_prompt,
-                                 pad_to_seconds=options.ar_pad_to_seconds)
+                                 pad_to_seconds=options.ar_pad_to_seconds, timestamps=options.ar_timestamps)
         return [model.tokenizer.decode(row) for row in rows]
     raise ValueError("prior-guided decoding needs a prior: a model with a CTC head or an AR decoder, "
                      "or priors given with the clips")
@@ -172,7 +172,7 @@ def _left_to_right(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioC
     """`ar`: the model's causal decoder, greedy or beam search."""
     max_new = int(block_lengths(model, audios, options).max())
     rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt,
-                             pad_to_seconds=options.ar_pad_to_seconds)
+                             pad_to_seconds=options.ar_pad_to_seconds, timestamps=options.ar_timestamps)
     confidences = rows.confidences or [None] * len(rows)
     return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
                        truncated=len(r) >= max_new, confidences=c) for r, c in zip(rows, confidences)]
