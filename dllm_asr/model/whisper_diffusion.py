@@ -27,8 +27,8 @@ from dllm_asr.config import ModelConfig
 from dllm_asr.model.block_cache import CACHE_MODES, BlockCachePredictor, SequenceCache, column_attention_mask
 from dllm_asr.model.checkpoint import check_keep
 from dllm_asr.model.decoders.causal import GeneratedTokens
-from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask, causal_mask,
-                               word_alignment_heads)
+from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, WhisperTokenizer, annealed_mask,
+                                             cached_while_unchanged, causal_mask, word_alignment_heads)
 from dllm_asr.model.speech_llm import AudioContext, SpeechModel
 from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES, NO_SPEECH_LIMIT
 from dllm_asr.model.whisper_timestamps import apply_timestamp_rules
@@ -142,7 +142,8 @@ class WhisperDiffusionASR(SpeechModel):
         if bool((audio.lengths >= width).all()):
             return audio
         silent = self.silent_window_states()
-        embeds = nn.functional.pad(audio.embeds[:, :width], (0, 0, 0, width - min(audio.embeds.shape[1], width)))
+        embeds = audio.embeds[:, :width]
+        embeds = nn.functional.pad(embeds, (0, 0, 0, width - embeds.shape[1]))
         valid = torch.arange(width, device=embeds.device)[None, :, None] < audio.lengths[:, None, None]
         completed = torch.where(valid, embeds, silent.to(embeds.dtype))
         full = torch.full_like(audio.lengths, width)
@@ -152,16 +153,13 @@ class WhisperDiffusionASR(SpeechModel):
     def silent_window_states(self) -> Tensor:
         """The encoder's output (1, W, d) for a 30-s window of zero log-mel frames (the padding
         `encode_ar_window` appends), cached while the encoder's weights stay the same."""
-        weight = next(self.encoder.parameters())
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
-        cached = getattr(self, "_silent_window", None)
-        if cached is None or cached[0] != key:
-            frames = self.encoder.num_frames_max
-            features = torch.zeros(1, self.encoder.n_mels, frames, device=self.device)
-            with torch.no_grad():
-                hidden, _ = self.encode_hidden(features, torch.tensor([frames], device=self.device))
-            cached = self._silent_window = (key, hidden)
-        return cached[1]
+        return cached_while_unchanged(self, "_silent_window", next(self.encoder.parameters()), self._encode_silence)
+
+    @torch.no_grad()
+    def _encode_silence(self) -> Tensor:
+        frames = self.encoder.num_frames_max
+        features = torch.zeros(1, self.encoder.n_mels, frames, device=self.device)
+        return self.encode_hidden(features, torch.tensor([frames], device=self.device))[0]
 
     def reads_ar_window(self, audio: AudioContext, pad_to_seconds: float = 30.0) -> bool:
         """Whether every row of `audio` is at least the AR window of `pad_to_seconds` long, so
@@ -318,8 +316,8 @@ class WhisperDiffusionASR(SpeechModel):
         `pad_to_seconds` (Whisper's 30-s window by default; `encode_ar_window`): greedy, with
         Whisper's temperature fallback (`fallback`; see `FALLBACK_TEMPERATURES`). Special and
         non-speech symbol tokens are suppressed (time tokens too, unless `timestamps`), and EOS
-        and a lone space at the first step (Whisper's suppress_blank). `audio`: the clips already encoded, reused when
-        every row is at least that window long (`reads_ar_window`). `initial_prompt`: text given
+        and a lone space at the first step (Whisper's suppress_blank). `audio`: the clips already
+        encoded, reused when every row is at least that window long (`reads_ar_window`). `initial_prompt`: text given
         to every row as Whisper's previous-text context (`ar_prompt_ids`). `timestamps`: decode
         with Whisper's time tokens (`whisper_timestamps`), as its `transcribe` does by default,
         then drop them. Returns one token list per row (text tokens) and `.nfe` (forward passes

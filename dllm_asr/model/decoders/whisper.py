@@ -286,11 +286,18 @@ class WhisperTextDecoder(nn.Module):
         """`weight` (vocab_size, D) in float32, cached while its storage and version stay the same.
         The copy is kept on the embedding module, which the adapted and the pretrained decoder
         share, so both use one."""
-        key = (weight.data_ptr(), weight._version, weight.device, weight.shape)
-        cached = getattr(self.embed_tokens, "float32_rows", None)
-        if cached is None or cached[0] != key:
-            cached = self.embed_tokens.float32_rows = (key, weight.float())
-        return cached[1]
+        return cached_while_unchanged(self.embed_tokens, "float32_rows", weight, weight.float)
+
+
+def cached_while_unchanged(owner: nn.Module, name: str, source: Tensor, make: Callable[[], Tensor]) -> Tensor:
+    """`make()`, kept on `owner` as attribute `name` and made again only when `source` (the
+    weights it derives from) changes storage, version (an in-place update), device, dtype or shape."""
+    key = (source.data_ptr(), source._version, source.device, source.dtype, source.shape)
+    cached = getattr(owner, name, None)
+    if cached is None or cached[0] != key:
+        cached = (key, make())
+        setattr(owner, name, cached)
+    return cached[1]
 
 
 def _attention(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
