@@ -434,9 +434,11 @@ class WhisperDiffusionASR(SpeechModel):
 
     def _time_logits(self, hidden: Tensor) -> Tensor:
         """hidden (B, D) -> float32 logits (B, 1501) of Whisper's time tokens 0.00 ... 30.00 s,
-        which `WhisperTextDecoder.logits` leaves out."""
-        rows = self.base_decoder.embed_tokens.weight[self.tokenizer.no_timestamps + 1:]
-        return hidden.float() @ rows.float().T
+        which `WhisperTextDecoder.logits` leaves out. Their float32 rows are made once, not at
+        every step."""
+        table = self.base_decoder.embed_tokens
+        rows = table.weight[self.tokenizer.no_timestamps + 1:]
+        return hidden.float() @ cached_while_unchanged(table, "float32_time_rows", rows, rows.float).T
 
 
 class WhisperCacheBackend:
