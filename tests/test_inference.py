@@ -35,6 +35,8 @@ def test_an_ar_model_is_decoded_only_autoregressively(real_clips):
         transcribe_batch(ar_model, real_clips[:1], TranscribeOptions(steps=2, length=4))
     with pytest.raises(ValueError, match="objective 'ar'"):
         deliberate_batch(ar_model, real_clips[:1], ["a prior"], DeliberationOptions(mask="random"))
+    with pytest.raises(ValueError, match="--ar-timestamps: only Whisper-family models"):
+        transcribe_batch(ar_model, real_clips[:1], TranscribeOptions(strategy="ar", length=4, ar_timestamps=True))
 
 
 def test_a_diffusion_model_refuses_the_ar_strategy(tiny_model, real_clips):
