@@ -6,7 +6,9 @@ depend on the machine and whatever else runs on it.
 Inputs, built under --out from a JSONL manifest ({"id", "audio", "text"} per line):
   * long.wav: clips in manifest order with 0.6 s of silence between them, up to --minutes
     (whole clips only, so long.txt is its exact reference);
-  * clips/: the first --clips clips as 16 kHz WAV files; clips.jsonl holds their references.
+  * clips/: the first --clips clips as 16 kHz WAV files; clips.jsonl holds their references;
+  * the first of those clips alone: a cold call on one short clip, whose wall time is mostly
+    the fixed cost of a call (interpreter start, imports, model loading).
 
 Each system reads each input in a fresh child process of its own:
   * dllm-asr: the CLI, `python -m dllm_asr transcribe --device cpu --output-format json`, once per
@@ -182,20 +184,23 @@ def benchmark(args: argparse.Namespace, out: Path, prepared: dict) -> list[Row]:
     """Every system on every input, one child each, then the scores (after the children, so that
     jiwer and the normaliser are not in this script's memory while they run)."""
     clip_refs = {r["id"]: r for r in map(json.loads, (out / "clips.jsonl").read_text().splitlines())}
-    inputs = {  # label: (path, audio seconds, references by stem)
+    first = next(iter(clip_refs.values()))
+    inputs = {  # label: (run folder suffix, path, audio seconds, references by stem)
         f"{prepared['long_seconds'] / 60:.1f}-min file": (
-            out / "long.wav", prepared["long_seconds"], {"long": (out / "long.txt").read_text().strip()}),
+            "long", out / "long.wav", prepared["long_seconds"], {"long": (out / "long.txt").read_text().strip()}),
         f"{len(clip_refs)} clips": (
-            out / "clips", sum(r["duration"] for r in clip_refs.values()),
+            "clips", out / "clips", sum(r["duration"] for r in clip_refs.values()),
             {stem: r["text"] for stem, r in clip_refs.items()}),
+        "1 clip (start-up)": (
+            "one", out / "clips" / f"{first['id']}.wav", first["duration"], {first["id"]: first["text"]}),
     }
     systems = [(f"dllm-asr ({'model default' if s == 'default' else '--strategy ' + s}, --dtype {d})", s, d)
                for s in args.strategy for d in args.dtype] + [("faster-whisper tiny.en int8", None, None)]
     runs = []
     for system, strategy, dtype in systems:
-        for index, (label, (source, seconds, refs)) in enumerate(inputs.items()):
+        for label, (suffix, source, seconds, refs) in inputs.items():
             name = "fw" if strategy is None else "-".join([*shlex.split(strategy), dtype]).replace("--", "")
-            run_dir = out / "runs" / f"{name}-{['long', 'clips'][index]}"
+            run_dir = out / "runs" / f"{name}-{suffix}"
             run_dir.mkdir(parents=True)
             command = (faster_whisper_command(source, run_dir, prepared, args.threads) if strategy is None
                        else dllm_asr_command(source, run_dir, strategy, args.threads, dtype))

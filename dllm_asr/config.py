@@ -24,7 +24,8 @@ class EncoderConfig:
     """A short name ("whisper-tiny.en", "whisper-base"), a Hugging Face Whisper directory, a
     CTranslate2 directory, or "random" (random init from `random_config`, for tests)."""
     random_config: dict[str, Any] = field(default_factory=dict)
-    """transformers.WhisperConfig fields used when source == "random"."""
+    """Whisper config fields (`WhisperDims`: d_model, encoder_layers...) and "seed", used when
+    source == "random"."""
     pad_to_30s: bool = False
     """Pad every input to 30 s as original Whisper does; False encodes only the clip's frames."""
     frozen: bool = True

@@ -92,7 +92,7 @@ def test_converted_tiny_en_decoder_transcribes_like_faster_whisper(clip):
     faster_whisper = pytest.importorskip("faster_whisper")
     model_dir = resolve_short_name("whisper-tiny.en")
     config, state = load_ct2_whisper(model_dir)
-    model = WhisperForConditionalGeneration(config).eval()
+    model = WhisperForConditionalGeneration(WhisperConfig(**config.to_dict())).eval()
     model.load_state_dict(state)
     features, _ = log_mel_batch([clip], n_mels=80, pad_to_30s=True)
     tokens = [config.decoder_start_token_id, 50362]  # <|startoftranscript|> <|notimestamps|>

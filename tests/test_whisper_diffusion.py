@@ -80,7 +80,7 @@ def test_mask_is_an_input_only_token(whisper_model):
     decoder = whisper_model.decoder
     assert decoder.vocab_size == whisper_model.eos_id + 1 <= whisper_model.mask_id
     assert whisper_model.tokenizer.decode([whisper_model.eos_id, 50257, 50362]) == ""
-    assert whisper_model.tokenizer("Hello there.")["input_ids"][0] == whisper_model.tokenizer.fast.encode(" Hello", add_special_tokens=False)[0]
+    assert whisper_model.tokenizer("Hello there.")["input_ids"][0] == whisper_model.tokenizer.encode(" Hello")[0]
 
 
 def test_the_pretrained_decoder_gets_whispers_english_only_prompt(whisper_model):
@@ -96,7 +96,7 @@ def test_the_pretrained_decoder_gets_whispers_english_only_prompt(whisper_model)
 def test_initial_prompt_is_whispers_previous_text_context(whisper_model, example):
     tokenizer = whisper_model.tokenizer
     previous = tokenizer.token_id("<|startofprev|>")
-    fox = tokenizer.fast.encode(" Fox.", add_special_tokens=False)
+    fox = tokenizer.encode(" Fox.")
     assert whisper_model.ar_prompt_ids(" Fox. ").tolist() == [previous, *fox, 50257, 50362]
     assert whisper_model.ar_prompt_ids(None).tolist() == whisper_model.ar_prompt_ids("  ").tolist() == [50257, 50362]
     long = whisper_model.ar_prompt_ids("word " * 400).tolist()
@@ -407,7 +407,7 @@ def _boost(decoder, token: int, amount: float):
 
 def test_decoding_never_writes_a_non_speech_symbol(whisper_model, example, monkeypatch):
     expected = whisper_model.generate_ar([example], 30)[0]
-    bracket = whisper_model.tokenizer.fast.encode(" [", add_special_tokens=False)[0]
+    bracket = whisper_model.tokenizer.encode(" [")[0]
     monkeypatch.setattr(whisper_model.base_decoder, "logits", _boost(whisper_model.base_decoder, bracket, 50.0))
     monkeypatch.setattr(whisper_model.decoder, "logits", _boost(whisper_model.decoder, bracket, 50.0))
     assert whisper_model.generate_ar([example], 30)[0] == expected
@@ -451,7 +451,7 @@ def test_best_of_takes_the_likeliest_per_token_and_keep_better_prefers_passing()
 def test_temperature_fallback_redecodes_only_failing_rows_and_is_repeatable(whisper_model, example, monkeypatch):
     clean = whisper_model.generate_ar([example], 24, fallback=False)
     assert whisper_model.generate_ar([example], 24).nfe == clean.nfe  # nothing to retry
-    the = whisper_model.tokenizer.fast.encode(" the", add_special_tokens=False)[0]
+    the = whisper_model.tokenizer.encode(" the")[0]
     boosted = _boost(whisper_model.base_decoder, the, 12.0)
     unboosted = whisper_model.base_decoder.logits
     # The greedy pass (one row) loops on " the"; the sampled passes (best-of-5 rows) see the real model.

@@ -122,7 +122,7 @@ def tokenizer():
 
 def test_row_words_times_and_probabilities(tokenizer):
     tokens = tokenizer("The quick brown.")["input_ids"]
-    pieces = [tokenizer.fast.decode([t]) for t in tokens]
+    pieces = [tokenizer.piece(t) for t in tokens]
     assert pieces == [" The", " quick", " brown", "."]
     starts = np.array([0, 10, 15, 30, 40])  # frames; the last is where the end of text starts
     words = row_words(tokens, starts, [0.5, 0.9, 0.6, 0.8], tokenizer)

@@ -17,7 +17,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
 
 from dllm_asr.audio.features import HOP_LENGTH, SAMPLE_RATE
 from dllm_asr.paths import package_file
@@ -265,6 +264,8 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """Band-limited resampling of a (samples,) float array (polyphase FIR, Kaiser window)."""
     if orig_rate == target_rate:
         return np.ascontiguousarray(audio, dtype=np.float32)
+    from scipy.signal import resample_poly  # imported here: scipy.signal adds ~0.6 s to every start
+
     ratio = Fraction(target_rate, orig_rate)
     out = resample_poly(audio.astype(np.float64), ratio.numerator, ratio.denominator)
     # resample_poly rounds the length up; keep floor(n * target / orig) samples.

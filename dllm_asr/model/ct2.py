@@ -28,7 +28,8 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
-from transformers import WhisperConfig
+
+from dllm_asr.model.whisper_modules import WhisperDims
 
 SUPPORTED_BINARY_VERSION = 6
 _NUMPY_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
@@ -236,8 +237,8 @@ def _special_token_ids(model_dir: Path | None, vocab_size: int) -> dict[str, int
             "decoder_start_token_id": start}
 
 
-def whisper_config_from_ct2(model: Ct2Model, model_dir: str | Path | None = None) -> WhisperConfig:
-    """A transformers ``WhisperConfig`` whose shapes match the CTranslate2 variables.
+def whisper_config_from_ct2(model: Ct2Model, model_dir: str | Path | None = None) -> WhisperDims:
+    """The `WhisperDims` whose shapes match the CTranslate2 variables.
 
     Decoder sizes are taken from the decoder variables when they were read, otherwise they
     mirror the encoder (enough for an encoder-only load).
@@ -250,7 +251,7 @@ def whisper_config_from_ct2(model: Ct2Model, model_dir: str | Path | None = None
     has_decoder = "decoder/embeddings/weight" in model.variables
     vocab_size = model.get("decoder/embeddings/weight").shape[0] if has_decoder else 51865
     token_ids = _special_token_ids(Path(model_dir) if model_dir else None, vocab_size)
-    return WhisperConfig(
+    return WhisperDims(
         vocab_size=vocab_size, num_mel_bins=n_mels, d_model=d_model,
         encoder_layers=encoder_layers, encoder_attention_heads=encoder_heads,
         encoder_ffn_dim=encoder_ffn,
@@ -278,7 +279,7 @@ def check_ct2_whisper_dir(model_dir: str | Path) -> Path:
 
 
 def load_ct2_whisper(model_dir: str | Path, encoder_only: bool = False
-                     ) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
+                     ) -> tuple[WhisperDims, dict[str, torch.Tensor]]:
     """Read a CTranslate2 Whisper directory as (config, transformers state dict, float32).
 
     With ``encoder_only`` the decoder tensors are seeked over, not read, and the state dict
@@ -297,10 +298,10 @@ def load_ct2_whisper(model_dir: str | Path, encoder_only: bool = False
 def convert_ct2_to_hf(model_dir: str | Path, output_dir: str | Path) -> Path:
     """Write a CTranslate2 Whisper directory as a transformers one (config.json +
     model.safetensors, plus tokenizer.json when present). Returns ``output_dir``."""
-    from transformers import WhisperForConditionalGeneration
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    config, state = load_ct2_whisper(model_dir)
-    model = WhisperForConditionalGeneration(config)
+    dims, state = load_ct2_whisper(model_dir)
+    model = WhisperForConditionalGeneration(WhisperConfig(**dims.to_dict()))
     model.load_state_dict(state, strict=True)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import WhisperConfig
-from transformers.models.whisper import modeling_whisper
 
 from dllm_asr.model.ct2 import Ct2FormatError, load_ct2_whisper
+from dllm_asr.model.whisper_modules import (WhisperDims, WhisperEncoderLayer, build_uninitialised,
+                                            init_whisper_weights, sinusoids)
 from dllm_asr.paths import cache_dir, installed_package_dir
 
 SHORT_NAMES = ("whisper-tiny.en", "whisper-base")
@@ -42,16 +42,25 @@ class WhisperEncoder(nn.Module):
         d_model: width of the output hidden states.
         n_mels: mel bins expected at the input (80, or 128 for large-v3).
         num_frames_max: most input frames (2 x max_source_positions, 3000 for Whisper).
-        config: the transformers ``WhisperConfig`` it was built from.
+        config: the `WhisperDims` it was built from.
+
+    Built with random weights (transformers' initialisation), unless under `build_uninitialised`.
     """
 
-    def __init__(self, config: WhisperConfig) -> None:
+    def __init__(self, config: WhisperDims | object) -> None:
         super().__init__()
-        reference = modeling_whisper.WhisperEncoder(config)  # builds and initialises the parts
-        self.conv1, self.conv2 = reference.conv1, reference.conv2
-        self.embed_positions = reference.embed_positions
-        self.layers = reference.layers
-        self.layer_norm = reference.layer_norm
+        config = WhisperDims.of(config)
+        width = config.d_model
+        self.conv1 = nn.Conv1d(config.num_mel_bins, width, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(width, width, kernel_size=3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(config.max_source_positions, width)
+        self.embed_positions.requires_grad_(False)  # fixed sinusoids
+        self.layers = nn.ModuleList(WhisperEncoderLayer(width, config.encoder_ffn_dim)
+                                    for _ in range(config.encoder_layers))
+        self.layer_norm = nn.LayerNorm(width)
+        init_whisper_weights(self, config.init_std)
+        with torch.no_grad():
+            self.embed_positions.weight.copy_(sinusoids(config.max_source_positions, width))
         self.config = config
         self.d_model = config.d_model
         self.n_mels = config.num_mel_bins
@@ -236,7 +245,7 @@ def _load_hf_dir(model_dir: Path) -> WhisperEncoder:
     if config_data.get("model_type") != "whisper":
         raise EncoderLoadError(f"{model_dir}/config.json has model_type "
                                f"{config_data.get('model_type')!r}, expected 'whisper'")
-    encoder = WhisperEncoder(WhisperConfig.from_dict(config_data))
+    encoder = build_uninitialised(lambda: WhisperEncoder(WhisperDims.from_dict(config_data)))
     _load_into(encoder, _read_hf_encoder_state(model_dir), model_dir)
     return encoder
 
@@ -246,26 +255,26 @@ def _load_ct2_dir(model_dir: Path) -> WhisperEncoder:
         config, state = load_ct2_whisper(model_dir, encoder_only=True)
     except Ct2FormatError as error:
         raise EncoderLoadError(str(error)) from None
-    encoder = WhisperEncoder(config)
+    encoder = build_uninitialised(lambda: WhisperEncoder(config))
     prefix = "model.encoder."
     _load_into(encoder, {key[len(prefix):]: value for key, value in state.items()}, model_dir)
     return encoder
 
 
-def load_whisper_encoder(source: str | os.PathLike | WhisperConfig,
+def load_whisper_encoder(source: str | os.PathLike | WhisperDims | object,
                          dtype: torch.dtype = torch.float32) -> WhisperEncoder:
     """Build a Whisper encoder from any of its sources.
 
     Args:
         source: a transformers Whisper directory (config.json + model.safetensors, sharded or
             not, e.g. whisper-large-v3); a CTranslate2/faster-whisper directory (model.bin);
-            a packaged name, ``whisper-tiny.en`` or ``whisper-base``; or a ``WhisperConfig``
-            for random initialisation.
+            a packaged name, ``whisper-tiny.en`` or ``whisper-base``; or a `WhisperDims` (or
+            a transformers ``WhisperConfig``) for random initialisation.
         dtype: parameter dtype (weights are converted after loading).
     Returns:
         the encoder in eval mode.
     """
-    if isinstance(source, WhisperConfig):
+    if not isinstance(source, (str, os.PathLike)):
         encoder = WhisperEncoder(source)
     else:
         path = Path(source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -16,9 +17,9 @@ from dllm_asr.model.decoders import load_decoder
 from dllm_asr.model.decoders.base import resolve_dtype
 from dllm_asr.model.decoders.whisper import load_whisper_text_decoder
 from dllm_asr.model.encoders import SHORT_NAMES, CTCHead, load_whisper_encoder, resolve_short_name
-from dllm_asr.model.lora import apply_lora
 from dllm_asr.model.speech_llm import SpeechLLM
 from dllm_asr.model.whisper_diffusion import WhisperDiffusionASR
+from dllm_asr.model.whisper_modules import WhisperDims
 from dllm_asr.paths import package_file
 
 MODELS_DIR = package_file("assets", "models")
@@ -34,13 +35,11 @@ def build_encoder(config: ModelConfig, dtype: torch.dtype) -> torch.nn.Module:
     (its weights, being a frozen base, are not stored in checkpoints)."""
     if config.encoder.source != "random":
         return load_whisper_encoder(config.encoder.source, dtype=dtype)
-    from transformers import WhisperConfig
-
     options = dict(config.encoder.random_config)
     seed = int(options.pop("seed", 0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return load_whisper_encoder(WhisperConfig(**options), dtype=dtype)
+        return load_whisper_encoder(WhisperDims(**options), dtype=dtype)
 
 
 def build_model(config: ModelConfig, device: str | torch.device = "cpu",
@@ -63,6 +62,8 @@ def build_model(config: ModelConfig, device: str | torch.device = "cpu",
     adapter = build_adapter(config.adapter, encoder.d_model, decoder.hidden_size)
     ctc_head = CTCHead(encoder.d_model) if config.encoder.ctc_head else None
     if config.lora.enabled:
+        from dllm_asr.model.lora import apply_lora  # peft imports transformers: only when used
+
         apply_lora(decoder, config.lora, decoder_num_layers(decoder))
     model = SpeechLLM(config, encoder, adapter, decoder, ctc_head)
     return model.to(device)
@@ -87,7 +88,7 @@ def build_whisper_model(config: ModelConfig, encoder: torch.nn.Module, dtype: to
         raise ValueError("model.lora.enabled: the whisper decoder is fine-tuned in full; set lora.enabled false")
     directory = whisper_decoder_dir(config)
     base, tokenizer = load_whisper_text_decoder(directory, dtype=dtype)
-    decoder, _ = load_whisper_text_decoder(directory, dtype=dtype)
+    decoder = copy.deepcopy(base)  # the copy to adapt; reading the checkpoint again costs more
     for part in (encoder, base, decoder):
         part.requires_grad_(False)
     ctc_head = CTCHead(encoder.d_model) if config.encoder.ctc_head else None

@@ -112,7 +112,7 @@ def group_words(pieces: Sequence[str]) -> list[range]:
 def row_words(tokens: list[int], starts: np.ndarray, probs: list[float], tokenizer) -> list[Word]:
     """One row's words: tokens (N,), token start frames (N + 1,; the last is EOT's), token
     probabilities (N,); times in seconds from the start of the row's audio."""
-    pieces = [tokenizer.fast.decode([t]) for t in tokens]
+    pieces = [tokenizer.piece(t) for t in tokens]
     bounds = [int(frame) * FRAME_SECONDS for frame in starts]
     words = []
     for span in group_words(pieces):

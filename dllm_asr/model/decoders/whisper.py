@@ -26,11 +26,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import WhisperConfig
-from transformers.models.whisper import modeling_whisper
 
 from dllm_asr.model.block_cache import scatter_columns
 from dllm_asr.model.decoders.base import DecoderLoadError
+from dllm_asr.model.whisper_modules import (WhisperDecoderLayer, WhisperDims, build_uninitialised,
+                                            init_whisper_weights)
 
 
 EXACT_TOP_K = 4
@@ -45,13 +45,15 @@ class WhisperTokenizer:
     Whisper writes a transcript with a leading space (" The cat."), so ``__call__`` adds one;
     ``decode`` drops special tokens (ids past EOS) and strips. Duck-types the parts of a
     transformers tokenizer the toolkit uses: ``__call__(text, add_special_tokens=False)``,
-    ``decode(ids, skip_special_tokens=True)``, ``len()``, ``convert_tokens_to_ids``.
+    ``decode(ids, skip_special_tokens=True)``, ``len()``, ``convert_tokens_to_ids``. It reads
+    the file with the `tokenizers` library itself (the one transformers' fast tokenizers wrap),
+    which gives the same ids and text without importing transformers.
     """
 
     def __init__(self, tokenizer_file: str | os.PathLike):
-        from transformers import PreTrainedTokenizerFast
+        from tokenizers import Tokenizer
 
-        self.fast = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+        self.fast = Tokenizer.from_file(str(tokenizer_file))
         self.eot = self.token_id("<|endoftext|>")
         self.sot = self.token_id("<|startoftranscript|>")
         self.no_timestamps = self.token_id("<|notimestamps|>")
@@ -61,12 +63,20 @@ class WhisperTokenizer:
         # multilingual ones add a token before it. Both vocabularies hold <|en|>, so its presence
         # does not tell them apart (openai-whisper uses the embedding count, n_vocab < 51865).
         self.english_only = self.eot == ENGLISH_ONLY_EOT
-        self.blank = self.fast.encode(" ", add_special_tokens=False)[0]
+        self.blank = self.encode(" ")[0]
         """The lone-space token; Whisper never starts a transcript with it (suppress_blank)."""
 
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text` as written (no leading space added, no special tokens)."""
+        return self.fast.encode(text, add_special_tokens=False).ids
+
+    def piece(self, token: int) -> str:
+        """One token's text, spaces kept (" cat")."""
+        return self.fast.decode([int(token)], skip_special_tokens=False)
+
     def token_id(self, token: str) -> int:
-        value = self.fast.convert_tokens_to_ids(token)
-        if value is None or value == self.fast.unk_token_id:
+        value = self.fast.token_to_id(token)
+        if value is None:
             raise DecoderLoadError(f"Whisper tokenizer has no {token} token")
         return int(value)
 
@@ -86,7 +96,7 @@ class WhisperTokenizer:
         " " + text], or [] for no text (Whisper's `--initial_prompt`)."""
         if not text or not text.strip():
             return []
-        tokens = self.fast.encode(" " + text.strip(), add_special_tokens=False)
+        tokens = self.encode(" " + text.strip())
         return [self.token_id("<|startofprev|>")] + tokens[-max_tokens:]
 
     def task_prompt_ids(self, language: str = "en") -> list[int]:
@@ -103,7 +113,7 @@ class WhisperTokenizer:
         symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
         symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
         notes = list("♩♪♫♬♭♮♯")
-        encode = lambda text: self.fast.encode(text, add_special_tokens=False)  # noqa: E731
+        encode = self.encode
         ids = {encode(" -")[0], encode(" '")[0]}
         for symbol in symbols + notes:
             for pieces in (encode(symbol), encode(" " + symbol)):
@@ -113,16 +123,16 @@ class WhisperTokenizer:
 
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         text = text.strip()
-        return {"input_ids": self.fast.encode(" " + text if text else "", add_special_tokens=False)}
+        return {"input_ids": self.encode(" " + text if text else "")}
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         ids = [int(i) for i in ids]
         if skip_special_tokens:
             ids = [i for i in ids if i < self.eot]
-        return self.fast.decode(ids).strip()
+        return self.fast.decode(ids, skip_special_tokens=False).strip()
 
     def __len__(self) -> int:
-        return len(self.fast)
+        return self.fast.get_vocab_size(with_added_tokens=True)
 
 
 @dataclass
@@ -146,15 +156,19 @@ class WhisperTextDecoder(nn.Module):
 
     Attributes: ``vocab_size`` (logit width: text tokens + EOS), ``mask_token_id`` (one past the
     embedding table), ``eos_token_id``, ``hidden_size``, ``num_layers``, ``max_positions``.
+    Built with random weights (transformers' initialisation), unless under `build_uninitialised`.
     """
 
-    def __init__(self, config: WhisperConfig, eos_token_id: int):
+    def __init__(self, config: WhisperDims | object, eos_token_id: int):
         super().__init__()
-        reference = modeling_whisper.WhisperDecoder(config)
-        self.embed_tokens = reference.embed_tokens
-        self.embed_positions = reference.embed_positions
-        self.layers = reference.layers
-        self.layer_norm = reference.layer_norm
+        config = WhisperDims.of(config)
+        width = config.d_model
+        self.embed_tokens = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_target_positions, width)
+        self.layers = nn.ModuleList(WhisperDecoderLayer(width, config.decoder_ffn_dim)
+                                    for _ in range(config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(width)
+        init_whisper_weights(self, config.init_std)
         self.mask_embedding = nn.Parameter(torch.zeros(config.d_model))
         self.config = config
         self.num_heads = config.decoder_attention_heads
@@ -366,7 +380,7 @@ def load_whisper_text_decoder(model_dir: str | os.PathLike, dtype: torch.dtype =
         from dllm_asr.model.encoders import hf_weight_files
         from safetensors.torch import load_file
 
-        config = WhisperConfig.from_pretrained(path)
+        config = WhisperDims.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
         state = {}
         for file in hf_weight_files(path):
             state.update(load_file(str(file)) if file.suffix == ".safetensors" else {})
@@ -376,7 +390,7 @@ def load_whisper_text_decoder(model_dir: str | os.PathLike, dtype: torch.dtype =
     if not tokenizer_file.is_file():
         raise DecoderLoadError(f"{path}: no tokenizer.json beside the Whisper weights")
     tokenizer = WhisperTokenizer(tokenizer_file)
-    decoder = WhisperTextDecoder(config, eos_token_id=tokenizer.eot)
+    decoder = build_uninitialised(lambda: WhisperTextDecoder(config, eos_token_id=tokenizer.eot))
     decoder_state = whisper_decoder_state(state)
     if not decoder_state:
         raise DecoderLoadError(f"{path}: the checkpoint has no decoder weights (model.decoder.*)")
