@@ -15,7 +15,8 @@ from dllm_asr.audio.io import load_audio
 from dllm_asr.config import DEFAULT_MODEL
 from dllm_asr.evaluation.metrics import word_error_rate
 from dllm_asr.transcription.file_batches import transcribe_files
-from dllm_asr.transcription.long_form import cached_model, transcribe_batch
+from dllm_asr.transcription.long_form import cached_model, transcribe_batch, window_seconds
+from dllm_asr.transcription.options import TranscribeOptions
 from dllm_asr.transcription.strategies import model_options
 
 pytestmark = pytest.mark.slow
@@ -85,3 +86,16 @@ def test_a_file_read_as_a_stream_gives_what_the_waveform_gives(model, recording,
     assert [(s.start, s.end) for s in streamed[0].transcript.segments] == [(s.start, s.end) for s in expected.segments]
     assert heard == streamed[0].transcript.segments  # each segment reported as it was decoded
     assert model.transcribe(str(tmp_path / "talk.wav")).text == expected.text
+
+
+def test_whispers_decoder_with_timestamps_reads_whispers_30s_windows_unless_told_otherwise():
+    """`--strategy ar --ar-timestamps` is Whisper's own long-form decoding (30-s windows, read on
+    from a window's last time token); every other setting keeps the model's window, and
+    `--window-seconds` always wins."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(window_seconds=10.0))
+    assert window_seconds(model, TranscribeOptions(strategy="ar", ar_timestamps=True)) == 30
+    assert window_seconds(model, TranscribeOptions(strategy="ar", ar_timestamps=True, window_seconds=12)) == 12
+    assert window_seconds(model, TranscribeOptions(strategy="ar")) == 10
+    assert window_seconds(model, TranscribeOptions(strategy="prior", ar_timestamps=True)) == 10

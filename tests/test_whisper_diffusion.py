@@ -174,16 +174,33 @@ def test_a_narrow_ar_window_is_whispers_1500_frames_the_rest_from_a_window_of_pa
     the window), then, from that row's length on, the encoder's output for a 30-s window of zero
     frames: the 1500 frames Whisper's decoder was trained to read."""
     clips = [example, example[:16000]]
-    own = whisper_model.encode_audio(clips, pad_to_seconds=3.0)
+    own = [whisper_model.encode_audio([clip], pad_to_seconds=3.0) for clip in clips]
     window = whisper_model.encode_ar_window(clips, 3.0)
     silent = whisper_model.encode(torch.zeros(1, whisper_model.encoder.n_mels, 3000), torch.tensor([3000])).embeds
-    assert own.lengths[1] == 150 < own.lengths[0]  # the 3.8-s example runs past the window
+    assert own[1].lengths[0] == 150 < own[0].lengths[0]  # the 3.8-s example runs past the window
     assert window.embeds.shape[:2] == (2, 1500) and window.lengths.tolist() == [1500, 1500]
-    for row, n in enumerate(own.lengths.tolist()):
-        assert torch.equal(window.embeds[row, :n], own.embeds[row, :n])
+    for row, part in enumerate(own):
+        n = int(part.lengths[0])
+        assert torch.equal(window.embeds[row, :n], part.embeds[0, :n])
         torch.testing.assert_close(window.embeds[row, n:], silent[0, n:])
     assert whisper_model.silent_window_states() is whisper_model.silent_window_states()  # encoded once
     assert whisper_model.complete_with_silence(window) is window
+
+
+def test_clips_of_different_lengths_are_encoded_in_groups_each_row_as_if_alone(whisper_model, example, monkeypatch):
+    """A 23-s clip among short ones is encoded in a group of its own, so the short clips are
+    encoded over the 10-s window only, not over 23 s of padding; every row is what that clip
+    encoded alone would give, in the batch's order."""
+    long = np.concatenate([example] * 6)
+    clips = [example[:16000], long, example]
+    seen = record_encodes(whisper_model, monkeypatch)
+    window = whisper_model.encode_ar_window(clips, 10)
+    assert [n.tolist() for _, n in seen] == [[1000, 1000], [len(long) // 160]]
+    assert window.embeds.shape[:2] == (3, 1500)
+    for row, clip in enumerate(clips):
+        alone = whisper_model.encode_ar_window([clip], 10)
+        torch.testing.assert_close(window.embeds[row], alone.embeds[0], atol=1e-4, rtol=1e-4)
+        assert window.encoder_lengths[row] == alone.encoder_lengths[0]
 
 
 def test_a_10s_ar_window_completed_with_silence_transcribes_real_speech_as_the_30s_window(whisper_model, example):
@@ -242,6 +259,38 @@ def test_a_narrow_ar_window_redecodes_from_30s_only_the_rows_that_fail_whispers_
     assert [n.tolist() for _, n in seen] == [[1000, 1000], [3000]] and passes == [2, 1]
     assert cascaded[0] == narrow[0] and cascaded[1] == wide[0]
     assert cascaded.nfe == narrow.nfe + wide.nfe
+
+
+def test_a_transcript_with_timestamps_that_stops_short_goes_on_from_its_last_time_token(whisper_model, example,
+                                                                                         monkeypatch):
+    """Whisper's seek (`timestamps=True`): the first pass over [example | 0.5 s | example] is made
+    to stop after the first copy with a segment opened at 4.0 s and nothing in it; the rest of
+    the clip from 4.0 s is decoded as a clip of its own and its text appended. A stop before
+    `RESUME_MIN_SECONDS` is not continued."""
+    from dllm_asr.model.whisper_diffusion import RESUME_MIN_SECONDS
+
+    clip = np.concatenate([example, np.zeros(8000, dtype=np.float32), example])
+    alone = whisper_model.generate_ar([example], 60, timestamps=True)
+    decode_windows = whisper_model._decode_ar_windows
+    passes = []
+
+    def first_pass_stops_after_the_first_copy(audios, *args):
+        best, nfe = decode_windows(audios, *args)
+        if not passes:
+            best.tokens[0], best.token_probs[0] = list(alone[0]), list(alone.confidences[0])
+            best.unfinished_at[0] = stop
+        passes.append([len(a) for a in audios])
+        return best, nfe
+    monkeypatch.setattr(whisper_model, "_decode_ar_windows", first_pass_stops_after_the_first_copy)
+    stop = 4.0
+    both = whisper_model.generate_ar([clip], 60, timestamps=True)
+    assert passes == [[len(clip)], [len(clip) - 4 * 16000]]
+    assert both[0][: len(alone[0])] == alone[0] and len(both.confidences[0]) == len(both[0])
+    once = ASSETS.joinpath("example.txt").read_text().strip()
+    assert whisper_model.tokenizer.decode(both[0]) == f"{once} {once}"
+    passes.clear()
+    stop = RESUME_MIN_SECONDS - 0.02
+    assert whisper_model.generate_ar([clip], 60, timestamps=True)[0] == alone[0] and passes == [[len(clip)]]
 
 
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])

@@ -1,8 +1,9 @@
 """Whisper's timestamp rules on hand-worked cases: a compact vocabulary of three text tokens (0-2),
 EOS (3) and 60 time tokens (4 = 0.00 s, 5 = 0.02 s, ...)."""
+import pytest
 import torch
 
-from dllm_asr.model.whisper_timestamps import MAX_INITIAL_TIMESTAMP_INDEX, apply_timestamp_rules
+from dllm_asr.model.whisper_timestamps import MAX_INITIAL_TIMESTAMP_INDEX, apply_timestamp_rules, unfinished_at
 
 EOS, T0, VOCAB = 3, 4, 64
 TEXT = {0, 1, 2}
@@ -38,3 +39,14 @@ def test_a_time_token_is_forced_where_the_time_tokens_together_beat_every_text_t
     """Text and EOS at logit 0 against 59 open time tokens at 0: their summed probability wins."""
     assert allowed([T0, 1], text_logit=0.0) == TIMES - {T0}
     assert allowed([T0, 1], text_logit=5.0) == TEXT | {EOS} | (TIMES - {T0})  # log 59 < 5: not forced
+
+
+def test_a_transcript_ending_with_a_pair_of_time_tokens_stopped_short_of_its_window():
+    """Whisper's seek: `<|0.00|> a <|0.10|><|0.10|>` EOS opened a segment and wrote nothing in
+    it, so the window is read on from 0.10 s; one ending with a single closing time token, or
+    with text, covers its window."""
+    assert unfinished_at([T0, 1, T0 + 5, T0 + 5], T0) == pytest.approx(0.1)
+    assert unfinished_at([T0, 1, T0 + 5, T0 + 5, 2, T0 + 9, T0 + 12], T0) == pytest.approx(0.18)  # the closing one's
+    assert unfinished_at([T0, 1, T0 + 5], T0) is None
+    assert unfinished_at([T0, 1, T0 + 5, T0 + 5, 2], T0) is None
+    assert unfinished_at([1, 2], T0) is None and unfinished_at([], T0) is None

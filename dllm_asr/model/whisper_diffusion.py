@@ -31,10 +31,13 @@ from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, Whi
                                              cached_while_unchanged, causal_mask, word_alignment_heads)
 from dllm_asr.model.speech_llm import AudioContext, SpeechModel
 from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES, NO_SPEECH_LIMIT
-from dllm_asr.model.whisper_timestamps import apply_timestamp_rules
+from dllm_asr.model.whisper_timestamps import apply_timestamp_rules, unfinished_at
 from dllm_asr.transcription.options import TranscribeOptions
 
 
+RESUME_MIN_SECONDS = 0.5
+"""Decoding with timestamps, a transcript that stopped short of its clip's end is continued
+(Whisper's seek) only from at least this far into the clip, and over at least this much audio."""
 TIMESTAMP_ROOM = 24
 """Decoding with timestamps: steps allowed beyond the text's token limit, for the time tokens
 (two a segment)."""
@@ -131,7 +134,10 @@ class WhisperDiffusionASR(SpeechModel):
         "A narrow window completed with silence")."""
         if pad_to_seconds >= CHUNK_SECONDS:
             return self.encode(*self.features(audios, pad_to_30s=True))
-        return self.complete_with_silence(self.encode_audio(audios, pad_to_seconds))
+        groups = length_groups([len(audio) for audio in audios], round(pad_to_seconds * SAMPLE_RATE))
+        parts = [self.complete_with_silence(self.encode_audio([audios[i] for i in rows], pad_to_seconds))
+                 for rows in groups]
+        return parts[0] if len(parts) == 1 else join_rows(parts, groups)
 
     def complete_with_silence(self, audio: AudioContext) -> AudioContext:
         """`audio` (B, N, d) -> (B, W, d), W = Whisper's window of encoder frames (1500): each row's
@@ -324,12 +330,21 @@ class WhisperDiffusionASR(SpeechModel):
         of the network, fallback passes included)."""
         if num_beams != 1:
             raise ValueError("--num-beams: the Whisper AR baseline decodes greedily (num_beams 1)")
-        if audio is None or not self.reads_ar_window(audio, pad_to_seconds):
-            audio = self.encode_ar_window(audios, pad_to_seconds)
-        cross = self._cross(self.complete_with_silence(audio), self.base_decoder)
         prompt = self.ar_prompt_ids(initial_prompt, timestamps)
         room = TIMESTAMP_ROOM if timestamps else 0
         limit = min(max_new_tokens + room, self.base_decoder.max_positions - prompt.shape[0])
+        best, nfe = self._decode_ar_windows(audios, audio, prompt, limit, pad_to_seconds, fallback)
+        if timestamps:
+            nfe += self._decode_unfinished(best, audios, prompt, limit, pad_to_seconds, fallback)
+        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs)
+
+    def _decode_ar_windows(self, audios: Sequence[np.ndarray], audio: AudioContext | None, prompt: Tensor,
+                           limit: int, pad_to_seconds: float, fallback: bool) -> tuple[ARSamples, int]:
+        """`generate_ar`'s greedy pass over the clips, with its fallbacks. Returns the rows and the
+        forward passes made."""
+        if audio is None or not self.reads_ar_window(audio, pad_to_seconds):
+            audio = self.encode_ar_window(audios, pad_to_seconds)
+        cross = self._cross(self.complete_with_silence(audio), self.base_decoder)
         best = self._sample_ar(cross, prompt, limit, temperature=0.0)
         nfe = best.nfe
         if fallback:
@@ -338,7 +353,37 @@ class WhisperDiffusionASR(SpeechModel):
                 rows, cross, wide_nfe = self._doubtful_rows_from_30s(best, audios, prompt, limit)
                 nfe += wide_nfe
             nfe += self._temperature_fallback(best, rows, cross, prompt, limit)
-        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs)
+        return best, nfe
+
+    def _decode_unfinished(self, best: ARSamples, audios: Sequence[np.ndarray], prompt: Tensor, limit: int,
+                           pad_to_seconds: float, fallback: bool) -> int:
+        """Whisper's seek, for rows decoded with timestamps whose transcript stopped short of the
+        clip's end (`whisper_timestamps.unfinished_at`): the rest of the clip, from the last time
+        token on, is decoded as a clip of its own and its text appended to the row, in place in
+        `best`, until a transcript covers its clip, the rest sounds silent (Whisper's test) or is
+        shorter than `RESUME_MIN_SECONDS`. Returns the forward passes made."""
+        nfe, starts = 0, [0] * len(audios)  # per row, the sample its latest pass began at
+        rows, latest = list(range(len(audios))), best
+        while True:
+            going_on = []
+            for j, i in enumerate(rows):
+                stop = latest.unfinished_at[j]
+                if stop is None or stop < RESUME_MIN_SECONDS or latest.is_silent(j):
+                    continue
+                start = starts[i] + round(stop * SAMPLE_RATE)
+                if len(audios[i]) - start >= RESUME_MIN_SECONDS * SAMPLE_RATE:
+                    going_on.append(i)
+                    starts[i] = start
+            if not going_on:
+                return nfe
+            rows = going_on
+            latest, passes = self._decode_ar_windows([audios[i][starts[i]:] for i in rows], None, prompt, limit,
+                                                     pad_to_seconds, fallback)
+            nfe += passes
+            for j, i in enumerate(rows):
+                if not latest.is_silent(j):
+                    best.tokens[i] = best.tokens[i] + latest.tokens[j]
+                    best.token_probs[i] = best.token_probs[i] + latest.token_probs[j]
 
     def _doubtful_rows_from_30s(self, best: ARSamples, audios: Sequence[np.ndarray], prompt: Tensor, limit: int
                                 ) -> tuple[list[int], CrossCache | None, int]:
@@ -430,7 +475,8 @@ class WhisperDiffusionASR(SpeechModel):
         text = [[j for j, token in enumerate(row) if token < first_time] for row in rows]
         return ARSamples.scored([[row[j] for j in keep] for row, keep in zip(rows, text)], logprob.tolist(),
                                 no_speech.tolist(), self.tokenizer.decode, nfe,
-                                [[p[j] for j in keep] for p, keep in zip(probs, text)])
+                                [[p[j] for j in keep] for p, keep in zip(probs, text)],
+                                [unfinished_at(row, first_time) if timestamps else None for row in rows])
 
     def _time_logits(self, hidden: Tensor) -> Tensor:
         """hidden (B, D) -> float32 logits (B, 1501) of Whisper's time tokens 0.00 ... 30.00 s,
@@ -439,6 +485,36 @@ class WhisperDiffusionASR(SpeechModel):
         table = self.base_decoder.embed_tokens
         rows = table.weight[self.tokenizer.no_timestamps + 1:]
         return hidden.float() @ cached_while_unchanged(table, "float32_time_rows", rows, rows.float).T
+
+
+def length_groups(lengths: Sequence[int], step: int) -> list[list[int]]:
+    """Row indices grouped by how many `step`s their length spans (at least one), in order of
+    first appearance: [3, 25, 8, 14] with step 10 -> [[0, 2], [1], [3]]. A group padded to its
+    longest row pads each row by less than one step."""
+    groups: dict[int, list[int]] = {}
+    for row, length in enumerate(lengths):
+        groups.setdefault(max(1, -(-length // step)), []).append(row)
+    return list(groups.values())
+
+
+def join_rows(parts: Sequence[AudioContext], groups: Sequence[Sequence[int]]) -> AudioContext:
+    """The rows of `parts` (part k holds the rows `groups[k]`, each encoded to the same width)
+    as one batch in row order; CTC outputs are zero-padded to the longest."""
+    order = torch.tensor([row for rows in groups for row in rows])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    inverse = inverse.to(parts[0].embeds.device)
+    embeds = torch.cat([part.embeds for part in parts])[inverse]
+    lengths = torch.cat([part.lengths for part in parts])[inverse]
+    ctc = None
+    if parts[0].ctc_log_probs is not None:
+        frames = max(part.ctc_log_probs.shape[1] for part in parts)
+        ctc = torch.cat([nn.functional.pad(part.ctc_log_probs, (0, 0, 0, frames - part.ctc_log_probs.shape[1]))
+                         for part in parts])[inverse]
+    encoder_lengths = None
+    if parts[0].encoder_lengths is not None:
+        encoder_lengths = torch.cat([part.encoder_lengths for part in parts])[inverse]
+    return AudioContext(embeds, lengths, ctc, encoder_lengths)
 
 
 class WhisperCacheBackend:

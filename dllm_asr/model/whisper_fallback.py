@@ -38,20 +38,29 @@ class ARSamples:
     token_probs: list[list[float]]
     """Per row, each token's probability when it was chosen."""
     nfe: int
-    ROW_FIELDS = ("tokens", "logprobs", "no_speech", "ratios", "token_probs")
+    unfinished_at: list[float | None]
+    """Per row decoded with timestamps, where its window's transcript stopped short of the
+    window's end (`whisper_timestamps.unfinished_at`), in seconds; else None."""
+    ROW_FIELDS = ("tokens", "logprobs", "no_speech", "ratios", "token_probs", "unfinished_at")
 
     @classmethod
     def scored(cls, tokens: list[list[int]], logprobs: list[float], no_speech: list[float],
-               decode: Callable[[list[int]], str], nfe: int, token_probs: list[list[float]]) -> "ARSamples":
+               decode: Callable[[list[int]], str], nfe: int, token_probs: list[list[float]],
+               unfinished_at: list[float | None] | None = None) -> "ARSamples":
         """A pass's rows, with the compression ratio of each decoded transcript."""
-        return cls(tokens, logprobs, no_speech, [compression_ratio(decode(row)) for row in tokens], token_probs, nfe)
+        return cls(tokens, logprobs, no_speech, [compression_ratio(decode(row)) for row in tokens], token_probs, nfe,
+                   unfinished_at if unfinished_at is not None else [None] * len(tokens))
 
     def avg_logprob(self, i: int) -> float:
         return self.logprobs[i] / (len(self.tokens[i]) + 1)  # + 1: the EOS token
 
+    def is_silent(self, i: int) -> bool:
+        """Whisper's test for silence: no-speech probability over its limit and an unlikely transcript."""
+        return self.no_speech[i] > NO_SPEECH_LIMIT and self.avg_logprob(i) < LOGPROB_LIMIT
+
     def needs_fallback(self, i: int) -> bool:
-        if self.no_speech[i] > NO_SPEECH_LIMIT and self.avg_logprob(i) < LOGPROB_LIMIT:
-            return False  # silence: Whisper does not retry it
+        if self.is_silent(i):
+            return False  # Whisper does not retry silence
         return self.ratios[i] > COMPRESSION_RATIO_LIMIT or self.avg_logprob(i) < LOGPROB_LIMIT
 
     def best_of(self, group: int) -> "ARSamples":

@@ -20,6 +20,8 @@ from torch import Tensor
 
 MAX_INITIAL_TIMESTAMP_INDEX = 50
 """The first time token is at most 1.0 s (50 steps of 20 ms), as in Whisper's transcribe."""
+TIME_STEP_SECONDS = 0.02
+"""The time tokens' resolution."""
 
 
 def apply_timestamp_rules(logits: Tensor, generated: list[list[int]], first_timestamp: int, eos: int) -> Tensor:
@@ -44,3 +46,15 @@ def apply_timestamp_rules(logits: Tensor, generated: list[list[int]], first_time
         if logprobs[first_timestamp:].logsumexp(-1) > logprobs[:first_timestamp].max():
             row[:first_timestamp] = barred
     return logits
+
+
+def unfinished_at(tokens: list[int], first_timestamp: int) -> float | None:
+    """Where Whisper's `transcribe` goes on from after a window decoded with timestamps: a
+    transcript that ends with a pair of time tokens (a segment closed, the next one opened, then
+    EOS) stopped before the window's end, and the next window starts at that time; one that ends
+    with a single closing time token, or with no time token, covers its window. `tokens`: the
+    row's compact ids, EOS excluded. Returns the time in seconds from the window's start, or None.
+    """
+    if len(tokens) >= 2 and tokens[-1] >= first_timestamp and tokens[-2] >= first_timestamp:
+        return (tokens[-2] - first_timestamp) * TIME_STEP_SECONDS
+    return None

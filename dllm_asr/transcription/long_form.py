@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dllm_asr.audio.features import CHUNK_SECONDS
 from dllm_asr.audio.io import read_blocks
 from dllm_asr.audio.segment import windows
 from dllm_asr.config import DEFAULT_MODEL
@@ -120,7 +121,14 @@ def cached_model(path_or_name: str, device: str) -> SpeechLLM:
 
 
 def window_seconds(model: SpeechLLM, options: TranscribeOptions) -> float:
-    return options.window_seconds or model.config.window_seconds
+    """The longest piece decoded at once: `options.window_seconds`, else Whisper's 30 s for
+    `--strategy ar --ar-timestamps` (Whisper's own long-form decoding, which goes on from a
+    window's last time token where its transcript stops short), else the model's own."""
+    if options.window_seconds:
+        return options.window_seconds
+    if options.strategy == "ar" and options.ar_timestamps:
+        return CHUNK_SECONDS
+    return model.config.window_seconds
 
 
 def decode_windows(model: SpeechLLM, pieces: Iterable[tuple[int, int, np.ndarray, bool]], options: TranscribeOptions,

@@ -61,7 +61,9 @@ class TranscribeOptions:
     dual (Fast-dLLM: also the positions after the sub-block cached)."""
     window_seconds: float | None = None
     """Longest audio decoded in one piece: longer clips are cut at pauses and their windows'
-    transcripts joined. None: the model's own (its config's window_seconds)."""
+    transcripts joined. None: the model's own (its config's window_seconds), or Whisper's 30 s
+    for `--strategy ar --ar-timestamps`, which reads on from a window's last time token as
+    Whisper's `transcribe` does (docs/default-model.md, "Decoding with timestamps")."""
     no_speech_threshold: float | None = 0.6
     """A clip whose no-speech probability is above this gets an empty transcript (Whisper's
     default 0.6); None never skips. Only models with the signal (the Whisper family) use it."""
@@ -82,7 +84,10 @@ class TranscribeOptions:
     """Whisper's pretrained decoder decodes with its time tokens, under Whisper's timestamp rules
     (its `transcribe` default, and faster-whisper's), and they are dropped from the transcript:
     greedy decoding without them (the default, `<|notimestamps|>`) sometimes ends a window early
-    or skips a sentence (docs/default-model.md, "Decoding with timestamps")."""
+    or skips a sentence (docs/default-model.md, "Decoding with timestamps"). A transcript that
+    stops short of its clip's end (a segment opened with nothing in it) is continued from its
+    last time token (Whisper's seek); with `--strategy ar` long audio is cut into Whisper's 30-s
+    windows unless `window_seconds` is given."""
     collapse_repeats: bool = False
     """Diffusion strategies (not ar): a token equal to the token before it is dropped, so a run of
     one token becomes one ("followed followed by" -> "followed by"); number tokens are kept
