@@ -121,7 +121,9 @@ _skip_init = False
 def build_uninitialised(make: Callable[[], nn.Module]) -> nn.Module:
     """`make()` with its parameters allocated but not initialised, for modules whose every weight
     is loaded next: random initialisation of a Whisper decoder costs more than reading its
-    checkpoint. (Building on the meta device instead would import torch's compiler, ~1.3 s.)"""
+    checkpoint. (Building on the meta device instead would import torch's compiler, ~1.3 s.)
+    The layer classes' `reset_parameters` are switched off meanwhile, process-wide: do not build
+    modules in another thread at the same time."""
     global _skip_init
     saved = {part: part.__dict__.get("reset_parameters") for part in INITIALISED_PARTS}
     for part in INITIALISED_PARTS:

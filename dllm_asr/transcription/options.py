@@ -63,7 +63,8 @@ class TranscribeOptions:
     """Longest audio decoded in one piece: longer clips are cut at pauses and their windows'
     transcripts joined. None: the model's own (its config's window_seconds), or Whisper's 30 s
     for `--strategy ar --ar-timestamps`, which reads on from a window's last time token as
-    Whisper's `transcribe` does (docs/default-model.md, "Decoding with timestamps")."""
+    Whisper's `transcribe` does (docs/default-model.md, "Whisper's long-form decoding with
+    timestamps")."""
     no_speech_threshold: float | None = 0.6
     """A clip whose no-speech probability is above this gets an empty transcript (Whisper's
     default 0.6); None never skips. Only models with the signal (the Whisper family) use it."""
