@@ -278,7 +278,7 @@ def test_a_transcript_with_timestamps_that_stops_short_goes_on_from_its_last_tim
         best, nfe = decode_windows(audios, *args)
         if not passes:
             best.tokens[0], best.token_probs[0] = list(alone[0]), list(alone.confidences[0])
-            best.unfinished_at[0] = stop
+            best.unfinished_at[0], best.spans[0] = stop, list(alone.spans[0])
         passes.append([len(a) for a in audios])
         return best, nfe
     monkeypatch.setattr(whisper_model, "_decode_ar_windows", first_pass_stops_after_the_first_copy)
@@ -288,9 +288,27 @@ def test_a_transcript_with_timestamps_that_stops_short_goes_on_from_its_last_tim
     assert both[0][: len(alone[0])] == alone[0] and len(both.confidences[0]) == len(both[0])
     once = ASSETS.joinpath("example.txt").read_text().strip()
     assert whisper_model.tokenizer.decode(both[0]) == f"{once} {once}"
+    # the rest's timed segments follow the first's, moved 4.0 s and len(alone) tokens on
+    added = both.spans[0][len(alone.spans[0]):]
+    assert both.spans[0][: len(alone.spans[0])] == alone.spans[0] and added
+    assert added[0][0] >= 4.0 and added[-1][2] == len(both[0])
     passes.clear()
     stop = RESUME_MIN_SECONDS - 0.02
     assert whisper_model.generate_ar([clip], 60, timestamps=True)[0] == alone[0] and passes == [[len(clip)]]
+
+
+def test_with_timestamps_each_segment_whisper_timed_is_a_segment_of_the_transcript(whisper_model, example):
+    """Two sentences a second apart, decoded with timestamps: one segment each, in order, timed
+    inside the clip, their texts the transcript's; without timestamps the window is one segment."""
+    clip = np.concatenate([example, np.zeros(16000, dtype=np.float32), example])
+    timed, = transcribe_batch(whisper_model, [clip], TranscribeOptions(strategy="ar", ar_timestamps=True))
+    plain, = transcribe_batch(whisper_model, [clip], TranscribeOptions(strategy="ar"))
+    once = ASSETS.joinpath("example.txt").read_text().strip()
+    assert [s.text for s in timed.segments] == [once, once] and timed.text == f"{once} {once}"
+    first, second = timed.segments
+    assert 0.0 <= first.start < first.end <= second.start < second.end <= len(clip) / 16000
+    assert 3.5 < second.start < 5.5  # the second sentence starts 4.8 s in
+    assert len(plain.segments) == 1
 
 
 @pytest.mark.parametrize("strategy", ["diffusion", "semi-ar", "threshold", "prior", "ar"])

@@ -3,7 +3,7 @@ EOS (3) and 60 time tokens (4 = 0.00 s, 5 = 0.02 s, ...)."""
 import pytest
 import torch
 
-from dllm_asr.model.whisper_timestamps import MAX_INITIAL_TIMESTAMP_INDEX, apply_timestamp_rules, unfinished_at
+from dllm_asr.model.whisper_timestamps import MAX_INITIAL_TIMESTAMP_INDEX, apply_timestamp_rules, timed_spans, unfinished_at
 
 EOS, T0, VOCAB = 3, 4, 64
 TEXT = {0, 1, 2}
@@ -50,3 +50,14 @@ def test_a_transcript_ending_with_a_pair_of_time_tokens_stopped_short_of_its_win
     assert unfinished_at([T0, 1, T0 + 5], T0) is None
     assert unfinished_at([T0, 1, T0 + 5, T0 + 5, 2], T0) is None
     assert unfinished_at([1, 2], T0) is None and unfinished_at([], T0) is None
+
+
+def test_the_time_tokens_mark_segments_over_the_text_tokens():
+    """`<|0.00|> 1 2 <|0.10|><|0.10|> 0 <|0.18|>`: two segments, 0.00-0.10 s over text tokens 0-1 and
+    0.10-0.18 s over token 2; a transcript that ends inside a segment leaves its end open; a
+    segment with no text (an opening pair at the end) is no segment."""
+    assert timed_spans([T0, 1, 2, T0 + 5, T0 + 5, 0, T0 + 9], T0) == [(0.0, pytest.approx(0.1), 2),
+                                                                       (pytest.approx(0.1), pytest.approx(0.18), 3)]
+    assert timed_spans([T0, 1, T0 + 5, T0 + 5, 2], T0) == [(0.0, pytest.approx(0.1), 1), (pytest.approx(0.1), None, 2)]
+    assert timed_spans([T0, 1, T0 + 5, T0 + 5], T0) == [(0.0, pytest.approx(0.1), 1)]
+    assert timed_spans([], T0) == []

@@ -31,7 +31,7 @@ from dllm_asr.model.decoders.whisper import (CrossCache, WhisperTextDecoder, Whi
                                              cached_while_unchanged, causal_mask, word_alignment_heads)
 from dllm_asr.model.speech_llm import AudioContext, SpeechModel
 from dllm_asr.model.whisper_fallback import ARSamples, FALLBACK_BEST_OF, FALLBACK_TEMPERATURES, NO_SPEECH_LIMIT
-from dllm_asr.model.whisper_timestamps import apply_timestamp_rules, unfinished_at
+from dllm_asr.model.whisper_timestamps import apply_timestamp_rules, timed_spans, unfinished_at
 from dllm_asr.transcription.options import TranscribeOptions
 
 
@@ -336,7 +336,8 @@ class WhisperDiffusionASR(SpeechModel):
         best, nfe = self._decode_ar_windows(audios, audio, prompt, limit, pad_to_seconds, fallback)
         if timestamps:
             nfe += self._decode_unfinished(best, audios, prompt, limit, pad_to_seconds, fallback)
-        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs)
+        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs,
+                               spans=best.spans if timestamps else None)
 
     def _decode_ar_windows(self, audios: Sequence[np.ndarray], audio: AudioContext | None, prompt: Tensor,
                            limit: int, pad_to_seconds: float, fallback: bool) -> tuple[ARSamples, int]:
@@ -382,6 +383,10 @@ class WhisperDiffusionASR(SpeechModel):
             nfe += passes
             for j, i in enumerate(rows):
                 if not latest.is_silent(j):
+                    shift, count = starts[i] / SAMPLE_RATE, len(best.tokens[i])
+                    best.spans[i] = (best.spans[i] or []) + [
+                        (start + shift, None if end is None else end + shift, last + count)
+                        for start, end, last in latest.spans[j] or []]
                     best.tokens[i] = best.tokens[i] + latest.tokens[j]
                     best.token_probs[i] = best.token_probs[i] + latest.token_probs[j]
 
@@ -476,7 +481,8 @@ class WhisperDiffusionASR(SpeechModel):
         return ARSamples.scored([[row[j] for j in keep] for row, keep in zip(rows, text)], logprob.tolist(),
                                 no_speech.tolist(), self.tokenizer.decode, nfe,
                                 [[p[j] for j in keep] for p, keep in zip(probs, text)],
-                                [unfinished_at(row, first_time) if timestamps else None for row in rows])
+                                [unfinished_at(row, first_time) if timestamps else None for row in rows],
+                                [timed_spans(row, first_time) if timestamps else None for row in rows])
 
     def _time_logits(self, hidden: Tensor) -> Tensor:
         """hidden (B, D) -> float32 logits (B, 1501) of Whisper's time tokens 0.00 ... 30.00 s,

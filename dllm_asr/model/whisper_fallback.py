@@ -41,15 +41,20 @@ class ARSamples:
     unfinished_at: list[float | None]
     """Per row decoded with timestamps, where its window's transcript stopped short of the
     window's end (`whisper_timestamps.unfinished_at`), in seconds; else None."""
-    ROW_FIELDS = ("tokens", "logprobs", "no_speech", "ratios", "token_probs", "unfinished_at")
+    spans: list[list[tuple[float, float | None, int]] | None]
+    """Per row decoded with timestamps, the segments its time tokens mark
+    (`whisper_timestamps.timed_spans`); else None."""
+    ROW_FIELDS = ("tokens", "logprobs", "no_speech", "ratios", "token_probs", "unfinished_at", "spans")
 
     @classmethod
     def scored(cls, tokens: list[list[int]], logprobs: list[float], no_speech: list[float],
                decode: Callable[[list[int]], str], nfe: int, token_probs: list[list[float]],
-               unfinished_at: list[float | None] | None = None) -> "ARSamples":
+               unfinished_at: list[float | None] | None = None,
+               spans: list[list[tuple[float, float | None, int]] | None] | None = None) -> "ARSamples":
         """A pass's rows, with the compression ratio of each decoded transcript."""
         return cls(tokens, logprobs, no_speech, [compression_ratio(decode(row)) for row in tokens], token_probs, nfe,
-                   unfinished_at if unfinished_at is not None else [None] * len(tokens))
+                   unfinished_at if unfinished_at is not None else [None] * len(tokens),
+                   spans if spans is not None else [None] * len(tokens))
 
     def avg_logprob(self, i: int) -> float:
         return self.logprobs[i] / (len(self.tokens[i]) + 1)  # + 1: the EOS token

@@ -58,3 +58,23 @@ def unfinished_at(tokens: list[int], first_timestamp: int) -> float | None:
     if len(tokens) >= 2 and tokens[-1] >= first_timestamp and tokens[-2] >= first_timestamp:
         return (tokens[-2] - first_timestamp) * TIME_STEP_SECONDS
     return None
+
+
+def timed_spans(tokens: list[int], first_timestamp: int) -> list[tuple[float, float | None, int]]:
+    """The segments a transcript decoded with timestamps marks, over its text tokens: (start s,
+    end s, or None where the transcript ends inside the segment, index one past the segment's
+    last text token among the row's text tokens). `<|0.00|> A B<|1.20|><|1.20|> C<|2.00|>` ->
+    [(0.0, 1.2, 2), (1.2, 2.0, 3)]; segments with no text are left out."""
+    spans, opened, count, closed_at = [], 0.0, 0, 0
+    for token in tokens:
+        if token < first_timestamp:
+            count += 1
+            continue
+        time = (token - first_timestamp) * TIME_STEP_SECONDS
+        if count > closed_at:
+            spans.append((opened, time, count))
+            closed_at = count
+        opened = time
+    if count > closed_at:
+        spans.append((opened, None, count))
+    return spans

@@ -27,8 +27,8 @@ from dllm_asr.audio.segment import windows
 from dllm_asr.config import DEFAULT_MODEL
 from dllm_asr.model.speech_llm import SpeechLLM
 from dllm_asr.transcription.options import TranscribeOptions
-from dllm_asr.transcription.result import (Segment, Transcript, join_windows, segment_of, speech_samples,
-                                           whole_clip_segment)
+from dllm_asr.transcription.result import (Segment, Transcript, join_windows, segments_of, speech_samples,
+                                           whole_clip_segments)
 from dllm_asr.transcription.strategies import (transcribe_windows, check_strategy, check_word_timestamps,
                                              model_options)
 
@@ -49,12 +49,12 @@ def transcribe_batch(model: SpeechLLM, audios: Sequence[np.ndarray], options: Tr
     check_word_timestamps(model, options)
     if priors is not None:  # a prior text belongs to its whole clip: never cut
         decoded = transcribe_windows(model, audios, options, priors)
-        return [join_windows([(whole_clip_segment(audio, t), t)]) for audio, t in zip(audios, decoded)]
+        return [join_windows([(whole_clip_segments(audio, t), t)]) for audio, t in zip(audios, decoded)]
     seconds = window_seconds(model, options)
     pieces = ((i, *piece) for i, audio in enumerate(audios) for piece in windows([audio], seconds))
-    per_clip: list[list[tuple[Segment, Transcript]]] = [[] for _ in audios]
-    for i, segment, transcript in decode_windows(model, pieces, options, max(1, len(audios))):
-        per_clip[i].append((segment, transcript))
+    per_clip: list[list[tuple[list[Segment], Transcript]]] = [[] for _ in audios]
+    for i, segments, transcript in decode_windows(model, pieces, options, max(1, len(audios))):
+        per_clip[i].append((segments, transcript))
     return [join_windows(clip) for clip in per_clip]
 
 
@@ -68,10 +68,11 @@ def transcribe_stream(model: SpeechLLM, blocks: Iterable[np.ndarray], options: T
     check_word_timestamps(model, options)
     pieces = ((0, *piece) for piece in windows(blocks, window_seconds(model, options)))
     parts = []
-    for _, segment, transcript in decode_windows(model, pieces, options, batch_size):
-        parts.append((segment, transcript))
-        if on_segment is not None and segment.text:
-            on_segment(segment)
+    for _, segments, transcript in decode_windows(model, pieces, options, batch_size):
+        parts.append((segments, transcript))
+        for segment in segments if on_segment is not None else []:
+            if segment.text:
+                on_segment(segment)
     return join_windows(parts)
 
 
@@ -132,9 +133,9 @@ def window_seconds(model: SpeechLLM, options: TranscribeOptions) -> float:
 
 
 def decode_windows(model: SpeechLLM, pieces: Iterable[tuple[int, int, np.ndarray, bool]], options: TranscribeOptions,
-                   batch_size: int) -> Iterator[tuple[int, Segment, Transcript]]:
+                   batch_size: int) -> Iterator[tuple[int, list[Segment], Transcript]]:
     """Decode (clip index, start sample, samples, whole) pieces (`dllm_asr.audio.segment.windows`)
-    `batch_size` at a time, in order; yields (clip index, the piece's segment, its transcript)."""
+    `batch_size` at a time, in order; yields (clip index, the piece's segments, its transcript)."""
     pieces = iter(pieces)
     bound_heap_growth()
     while batch := list(itertools.islice(pieces, batch_size)):
@@ -145,8 +146,8 @@ def decode_windows(model: SpeechLLM, pieces: Iterable[tuple[int, int, np.ndarray
 
 
 def _decode_batch(model: SpeechLLM, batch: list[tuple[int, int, np.ndarray, bool]],
-                  options: TranscribeOptions) -> list[tuple[int, Segment, Transcript]]:
-    """`decode_windows` for one batch of pieces: (clip index, segment, transcript) per piece.
+                  options: TranscribeOptions) -> list[tuple[int, list[Segment], Transcript]]:
+    """`decode_windows` for one batch of pieces: (clip index, segments, transcript) per piece.
     Nothing here outlives the call (no loop variable keeps a window's samples alive)."""
     spans = [speech_samples(piece) for _, _, piece, _ in batch]
     # A piece cut from a longer clip is decoded from its sound only: the pauses around it
@@ -154,7 +155,7 @@ def _decode_batch(model: SpeechLLM, batch: list[tuple[int, int, np.ndarray, bool
     # decoded whole, as the model was trained.
     decoded = transcribe_windows(model, [piece if whole else piece[a:b]
                                           for (_, _, piece, whole), (a, b) in zip(batch, spans)], options)
-    return [(i, segment_of(start + a, b - a, transcript, start if whole else start + a), transcript)
+    return [(i, segments_of(start + a, b - a, transcript, start if whole else start + a), transcript)
             for (i, start, _, whole), (a, b), transcript in zip(batch, spans, decoded)]
 
 

@@ -4,6 +4,7 @@ long clip are joined into one transcript (times in seconds from the clip's start
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,21 @@ class Transcript:
     words: list[Word] | None = None
     """The transcript's words timed in seconds from the clip's start (the `word_timestamps`
     option, `dllm_asr.transcription.word_times`); None: not asked for."""
+    timed: list[TimedPart] | None = None
+    """The parts the decoder timed itself (Whisper's time tokens, `--ar-timestamps`), in seconds
+    from the start of the audio it decoded; each becomes a segment. None: untimed."""
+
+
+@dataclass
+class TimedPart:
+    """A stretch of a transcript its decoder timed (a segment between two of Whisper's time
+    tokens): start and end in seconds from the start of the audio decoded (end None: the
+    transcript ended inside it), its text and the mean confidence of its tokens."""
+
+    start: float
+    end: float | None
+    text: str
+    confidence: float | None = None
 
 
 @dataclass
@@ -56,10 +72,10 @@ def speech_samples(piece: np.ndarray) -> tuple[int, int]:
     return round(begin * SAMPLE_RATE), round(end * SAMPLE_RATE)
 
 
-def whole_clip_segment(audio: np.ndarray, transcript: Transcript) -> Segment:
-    """The segment of a clip decoded whole: timed by its sound."""
+def whole_clip_segments(audio: np.ndarray, transcript: Transcript) -> list[Segment]:
+    """The segments of a clip decoded whole: timed by its sound (`segments_of`)."""
     begin, end = speech_samples(audio)
-    return segment_of(begin, end - begin, transcript, 0)
+    return segments_of(begin, end - begin, transcript, 0)
 
 
 def segment_of(start: int, length: int, transcript: Transcript, origin: int | None = None) -> Segment:
@@ -75,6 +91,35 @@ def segment_of(start: int, length: int, transcript: Transcript, origin: int | No
     return segment
 
 
+def segments_of(start: int, length: int, transcript: Transcript, origin: int | None = None) -> list[Segment]:
+    """`segment_of`, cut into the parts the decoder timed (`Transcript.timed`) where it timed
+    two or more: each part's times moved into the clip's (from `origin`) and kept inside the
+    stretch and in order. Each part takes its own words (counted in its text), or where the
+    counts disagree, the words that start at or after it starts; they are kept inside it."""
+    whole = segment_of(start, length, transcript, origin)
+    if not transcript.timed or len(transcript.timed) < 2:
+        return [whole]
+    shift = (start if origin is None else origin) / SAMPLE_RATE
+    segments, floor = [], whole.start
+    for part in transcript.timed:
+        begin = round(min(max(part.start + shift, floor), whole.end), 3)
+        end = whole.end if part.end is None else round(min(max(part.end + shift, begin), whole.end), 3)
+        segments.append(Segment(begin, end, part.text, part.confidence, [] if whole.words is not None else None))
+        floor = end
+    words = whole.words or []
+    counts = [len(part.text.split()) for part in transcript.timed]
+    if sum(counts) == len(words):  # the words are the parts' words, in order
+        for segment, first, count in zip(segments, itertools.accumulate([0] + counts), counts):
+            segment.words = words[first: first + count]
+    else:
+        for word in words:
+            later = [segment for segment in segments[1:] if segment.start <= word.start]
+            (later[-1] if later else segments[0]).words.append(word)
+    for segment in segments if whole.words is not None else []:
+        segment.words = [shifted_word(word, 0.0, segment) for word in segment.words]
+    return segments
+
+
 def shifted_word(word: Word, shift: float, segment: Segment) -> Word:
     """`word` moved `shift` seconds later and clamped into the segment's [start, end], to the ms:
     the alignment may put a first or last word a few frames into the silence around the speech."""
@@ -84,10 +129,10 @@ def shifted_word(word: Word, shift: float, segment: Segment) -> Word:
     return Word(clamp(word.start), clamp(word.end), word.text, word.probability)
 
 
-def join_windows(parts: list[tuple[Segment, Transcript]]) -> Transcript:
-    """One clip's transcript from its windows' (segment, transcript), in order; segments
+def join_windows(parts: list[tuple[list[Segment], Transcript]]) -> Transcript:
+    """One clip's transcript from its windows' (segments, transcript), in order; segments
     without words are left out."""
-    segments = [segment for segment, _ in parts if segment.text]
+    segments = [segment for window, _ in parts for segment in window if segment.text]
     if len(parts) == 1:
         parts[0][1].segments = segments
         parts[0][1].words = clip_words(parts)
@@ -104,9 +149,9 @@ def join_windows(parts: list[tuple[Segment, Transcript]]) -> Transcript:
                       words=clip_words(parts))
 
 
-def clip_words(parts: list[tuple[Segment, Transcript]]) -> list[Word] | None:
+def clip_words(parts: list[tuple[list[Segment], Transcript]]) -> list[Word] | None:
     """A clip's words from its windows' segments (timed from the clip's start); None when any
     window's transcript has none (word timestamps were not asked for)."""
     if any(transcript.words is None for _, transcript in parts):
         return None
-    return [word for segment, _ in parts for word in segment.words or []]
+    return [word for window, _ in parts for segment in window for word in segment.words or []]

@@ -22,7 +22,7 @@ from dllm_asr.audio.io import MIN_SAMPLES
 from dllm_asr.decoding import DecodeOptions, decode, deliberate, pack_priors
 from dllm_asr.model.speech_llm import AudioContext, SpeechLLM
 from dllm_asr.transcription.options import DeliberationOptions, TranscribeOptions
-from dllm_asr.transcription.result import Transcript, join_windows, whole_clip_segment
+from dllm_asr.transcription.result import TimedPart, Transcript, join_windows, whole_clip_segments
 from dllm_asr.transcription.word_times import clip_frames, word_timestamps
 
 
@@ -174,8 +174,26 @@ def _left_to_right(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioC
     rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt,
                              pad_to_seconds=options.ar_pad_to_seconds, timestamps=options.ar_timestamps)
     confidences = rows.confidences or [None] * len(rows)
+    spans = getattr(rows, "spans", None) or [None] * len(rows)
     return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
-                       truncated=len(r) >= max_new, confidences=c) for r, c in zip(rows, confidences)]
+                       truncated=len(r) >= max_new, confidences=c, timed=timed_parts(model, r, c, s))
+            for r, c, s in zip(rows, confidences, spans)]
+
+
+def timed_parts(model: SpeechLLM, tokens: list[int], confidences: list[float] | None,
+                spans: list[tuple[float, float | None, int]] | None) -> list[TimedPart] | None:
+    """A row's `TimedPart`s from the segments its decoder timed, (start s, end s or None, one
+    past the last token) each (`GeneratedTokens.spans`); None when it timed none."""
+    if spans is None:
+        return None
+    parts, first = [], 0
+    for start, end, last in spans:
+        text = model.tokenizer.decode(tokens[first:last]).strip()
+        known = [p for p in (confidences or [])[first:last] if p is not None]
+        if text:
+            parts.append(TimedPart(start, end, text, sum(known) / len(known) if known else None))
+        first = last
+    return parts
 
 
 def _from_prior(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioContext,
@@ -251,7 +269,7 @@ def deliberate_batch(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Seq
     left to right); `deliberation.rules` says how counts, chunks and steps are taken.
     """
     transcripts = _deliberate(model, audios, priors, deliberation, options)
-    return [join_windows([(whole_clip_segment(audio, t), t)]) for audio, t in zip(audios, transcripts)]
+    return [join_windows([(whole_clip_segments(audio, t), t)]) for audio, t in zip(audios, transcripts)]
 
 
 def _deliberate(model: SpeechLLM, audios: Sequence[np.ndarray], priors: Sequence[str],

@@ -17,10 +17,14 @@ class GeneratedTokens(list):
     position for the batch as a whole, the prefix pass included), and ``confidences``: per row,
     each token's probability when it was chosen (None where the decoder does not record them)."""
 
-    def __init__(self, rows: list[list[int]], nfe: int, confidences: list[list[float]] | None = None):
+    def __init__(self, rows: list[list[int]], nfe: int, confidences: list[list[float]] | None = None,
+                 spans: list[list[tuple[float, float | None, int]] | None] | None = None):
         super().__init__(rows)
         self.nfe = nfe
         self.confidences = confidences
+        self.spans = spans
+        """Per row, the segments the decoder timed itself (Whisper's time tokens: start s, end s or
+        None, one past the segment's last token), from the start of the row's audio; None: untimed."""
 
 
 def _cut_at_eos(rows: torch.Tensor, eos_token_id: int) -> list[list[int]]:
