@@ -29,7 +29,8 @@ class Transcript:
     """The transcript filled the longest block allowed without ending: words may be missing."""
     segments: list[Segment] | None = None
     """The clip's speech, in order: one per window a long clip was cut into (`dllm_asr.audio.segment`),
-    one for a clip decoded whole, none for silence; times in seconds from the clip's start."""
+    one for a clip decoded whole, none for silence, or one per part the decoder timed in a window
+    (`timed`); times in seconds from the clip's start."""
     confidences: list[float | None] | None = None
     """Per token of `tokens`, the probability the model gave it when it chose it (None: a token
     that was given, e.g. by deliberation, not predicted); None: not recorded."""
@@ -104,20 +105,28 @@ def segments_of(start: int, length: int, transcript: Transcript, origin: int | N
     for part in transcript.timed:
         begin = round(min(max(part.start + shift, floor), whole.end), 3)
         end = whole.end if part.end is None else round(min(max(part.end + shift, begin), whole.end), 3)
-        segments.append(Segment(begin, end, part.text, part.confidence, [] if whole.words is not None else None))
+        segments.append(Segment(begin, end, part.text, part.confidence))
         floor = end
-    words = whole.words or []
-    counts = [len(part.text.split()) for part in transcript.timed]
-    if sum(counts) == len(words):  # the words are the parts' words, in order
-        for segment, first, count in zip(segments, itertools.accumulate([0] + counts), counts):
-            segment.words = words[first: first + count]
-    else:
-        for word in words:
-            later = [segment for segment in segments[1:] if segment.start <= word.start]
-            (later[-1] if later else segments[0]).words.append(word)
-    for segment in segments if whole.words is not None else []:
-        segment.words = [shifted_word(word, 0.0, segment) for word in segment.words]
+    if whole.words is not None:
+        share_words(segments, whole.words)
     return segments
+
+
+def share_words(segments: list[Segment], words: list[Word]) -> None:
+    """Give each segment its words, in place: by count (each segment's text has as many words
+    as it takes, in order) where the counts add up, else each word to the last segment starting
+    at or before it; each word is then kept inside its segment."""
+    counts = [len(segment.text.split()) for segment in segments]
+    if sum(counts) == len(words):
+        firsts = itertools.accumulate([0] + counts)
+        shares = [words[first: first + count] for first, count in zip(firsts, counts)]
+    else:
+        shares = [[] for _ in segments]
+        for word in words:
+            starts = [k for k, segment in enumerate(segments) if k == 0 or segment.start <= word.start]
+            shares[starts[-1]].append(word)
+    for segment, share in zip(segments, shares):
+        segment.words = [shifted_word(word, 0.0, segment) for word in share]
 
 
 def shifted_word(word: Word, shift: float, segment: Segment) -> Word:
