@@ -336,8 +336,7 @@ class WhisperDiffusionASR(SpeechModel):
         best, nfe = self._decode_ar_windows(audios, audio, prompt, limit, pad_to_seconds, fallback)
         if timestamps:
             nfe += self._decode_unfinished(best, audios, prompt, limit, pad_to_seconds, fallback)
-        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs,
-                               spans=best.spans if timestamps else None)
+        return GeneratedTokens(best.tokens, nfe=nfe, confidences=best.token_probs, spans=best.spans)
 
     def _decode_ar_windows(self, audios: Sequence[np.ndarray], audio: AudioContext | None, prompt: Tensor,
                            limit: int, pad_to_seconds: float, fallback: bool) -> tuple[ARSamples, int]:
@@ -383,12 +382,7 @@ class WhisperDiffusionASR(SpeechModel):
             nfe += passes
             for j, i in enumerate(rows):
                 if not latest.is_silent(j):
-                    shift, count = starts[i] / SAMPLE_RATE, len(best.tokens[i])
-                    best.spans[i] = (best.spans[i] or []) + [
-                        (start + shift, None if end is None else end + shift, last + count)
-                        for start, end, last in latest.spans[j] or []]
-                    best.tokens[i] = best.tokens[i] + latest.tokens[j]
-                    best.token_probs[i] = best.token_probs[i] + latest.token_probs[j]
+                    best.append(i, latest, j, starts[i] / SAMPLE_RATE)
 
     def _doubtful_rows_from_30s(self, best: ARSamples, audios: Sequence[np.ndarray], prompt: Tensor, limit: int
                                 ) -> tuple[list[int], CrossCache | None, int]:
@@ -507,9 +501,7 @@ def join_rows(parts: Sequence[AudioContext], groups: Sequence[Sequence[int]]) ->
     """The rows of `parts` (part k holds the rows `groups[k]`, each encoded to the same width)
     as one batch in row order; CTC outputs are zero-padded to the longest."""
     order = torch.tensor([row for rows in groups for row in rows])
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order))
-    inverse = inverse.to(parts[0].embeds.device)
+    inverse = torch.argsort(order).to(parts[0].embeds.device)  # where each row sits in the concatenation
     embeds = torch.cat([part.embeds for part in parts])[inverse]
     lengths = torch.cat([part.lengths for part in parts])[inverse]
     ctc = None

@@ -86,6 +86,17 @@ class ARSamples:
             if not tried.needs_fallback(j) or self._is_better(tried, j, i):
                 self._take(i, tried, j)
 
+    def append(self, i: int, other: "ARSamples", j: int, seconds: float) -> None:
+        """Row i goes on with other's j-th transcript, of audio that starts `seconds` into row i's:
+        its tokens and confidences appended, its timed segments moved that much later and past
+        row i's tokens."""
+        count = len(self.tokens[i])
+        moved = [(start + seconds, None if end is None else end + seconds, last + count)
+                 for start, end, last in other.spans[j] or []]
+        self.spans[i] = (self.spans[i] or []) + moved
+        self.tokens[i] = self.tokens[i] + other.tokens[j]
+        self.token_probs[i] = self.token_probs[i] + other.token_probs[j]
+
     def _take(self, i: int, other: "ARSamples", j: int) -> None:
         for name in self.ROW_FIELDS:
             getattr(self, name)[i] = getattr(other, name)[j]

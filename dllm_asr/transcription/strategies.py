@@ -174,7 +174,7 @@ def _left_to_right(model: SpeechLLM, audios: Sequence[np.ndarray], audio: AudioC
     rows = model.generate_ar(audios, max_new, options.num_beams, audio=audio, initial_prompt=options.initial_prompt,
                              pad_to_seconds=options.ar_pad_to_seconds, timestamps=options.ar_timestamps)
     confidences = rows.confidences or [None] * len(rows)
-    spans = getattr(rows, "spans", None) or [None] * len(rows)
+    spans = rows.spans or [None] * len(rows)
     return [Transcript(model.tokenizer.decode(r, skip_special_tokens=True).strip(), list(r), rows.nfe, len(r),
                        truncated=len(r) >= max_new, confidences=c, timed=timed_parts(model, r, c, s))
             for r, c, s in zip(rows, confidences, spans)]

@@ -113,10 +113,9 @@ class WhisperTokenizer:
         symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
         symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
         notes = list("♩♪♫♬♭♮♯")
-        encode = self.encode
-        ids = {encode(" -")[0], encode(" '")[0]}
+        ids = {self.encode(" -")[0], self.encode(" '")[0]}
         for symbol in symbols + notes:
-            for pieces in (encode(symbol), encode(" " + symbol)):
+            for pieces in (self.encode(symbol), self.encode(" " + symbol)):
                 if len(pieces) == 1 or symbol in notes:
                     ids.add(pieces[0])
         return sorted(i for i in ids if i < self.eot)
